@@ -1,0 +1,63 @@
+"""GRPO-family maths as pure tensor functions (imports only torch). Formulas: docs/specs and each docstring."""
+
+from __future__ import annotations
+
+from .advantages import combine_rewards, group_advantages, rloo_advantages, valid_reward_mask
+from .aggregation import AGGREGATION_MODES, aggregate_loss
+from .covariance import clip_cov_mask, kl_cov_penalty, token_covariance
+from .entropy import (
+    logprobs_and_entropy_from_hidden,
+    logprobs_and_entropy_from_logits,
+    naive_logprobs_and_entropy,
+    top_entropy_mask,
+)
+from .kl import KL_ESTIMATORS, kl_estimate, kl_reward_penalty
+from .off_policy import behaviour_importance_weights, self_normalize_weights
+from .overlong import default_overlong_cache_len, overlong_filter_mask, soft_overlong_penalty
+from .policy_loss import policy_loss
+from .presets import PRESETS, ClipCovConfig, KLCovConfig, Preset, get_preset
+from .ratios import (
+    gspo_token_log_ratio,
+    sequence_log_ratio,
+    sequence_ratio_geometric_mean,
+    sequence_ratio_product,
+    token_log_ratio,
+)
+from .surrogates import cispo_loss, ppo_clip_loss
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "PRESETS",
+    "ClipCovConfig",
+    "KLCovConfig",
+    "Preset",
+    "aggregate_loss",
+    "behaviour_importance_weights",
+    "cispo_loss",
+    "clip_cov_mask",
+    "combine_rewards",
+    "default_overlong_cache_len",
+    "get_preset",
+    "group_advantages",
+    "gspo_token_log_ratio",
+    "kl_cov_penalty",
+    "kl_estimate",
+    "kl_reward_penalty",
+    "logprobs_and_entropy_from_hidden",
+    "logprobs_and_entropy_from_logits",
+    "naive_logprobs_and_entropy",
+    "overlong_filter_mask",
+    "policy_loss",
+    "ppo_clip_loss",
+    "rloo_advantages",
+    "self_normalize_weights",
+    "sequence_log_ratio",
+    "sequence_ratio_geometric_mean",
+    "sequence_ratio_product",
+    "soft_overlong_penalty",
+    "token_covariance",
+    "token_log_ratio",
+    "top_entropy_mask",
+    "valid_reward_mask",
+]

@@ -1,0 +1,176 @@
+"""The policy loss of one (micro-)batch, composed from a :class:`~grpokit.algorithms.presets.Preset`.
+
+    ratio (token | sequence | GSPO-token)  →  surrogate (PPO clip | CISPO)
+    →  token selection (Clip-Cov detach, KL-Cov penalty, top-entropy mask)
+    →  × behaviour IS weights (TIS | MIS, optionally self-normalised)
+    →  + β·KL(π_θ ‖ π_ref) − entropy_coef·H  →  aggregate with the global denominators
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .aggregation import aggregate_loss
+from .entropy import clip_cov_mask, kl_cov_penalty, top_entropy_mask
+from .kl import kl_estimate
+from .off_policy import behaviour_importance_weights, self_normalize_weights
+from .presets import Preset
+from .ratios import gspo_token_log_ratio, sequence_log_ratio, token_log_ratio
+from .surrogates import cispo_loss, ppo_clip_loss
+
+# log-ratio per preset.ratio_level: [B, T], or [B, 1] for one ratio per sequence
+_LOG_RATIOS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "token": lambda logp, old_logp, mask: token_log_ratio(logp, old_logp),
+    "sequence": lambda logp, old_logp, mask: sequence_log_ratio(logp, old_logp, mask).unsqueeze(-1),
+    "sequence_token": gspo_token_log_ratio,
+}
+
+# (ratio, logp, advantages, preset) -> (per-token loss, clipped_low, clipped_high)
+_SURROGATES: dict[str, Callable[[Tensor, Tensor, Tensor, Preset], tuple[Tensor, Tensor, Tensor]]] = {
+    "ppo_clip": lambda ratio, logp, adv, p: ppo_clip_loss(
+        ratio, adv, eps_low=p.eps_low, eps_high=p.eps_high, dual_clip_c=p.dual_clip_c, delta=p.delta
+    ),
+    "cispo": lambda ratio, logp, adv, p: cispo_loss(ratio, logp, adv, eps_low=p.eps_low, eps_high=p.eps_high),
+}
+
+
+def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
+    return (torch.where(valid, x.float(), 0.0).sum() / valid.sum().clamp(min=1)).detach()
+
+
+def _masked_min_max(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    if not valid.any():
+        zero = x.new_zeros(()).detach()
+        return zero, zero
+    values = x.detach()[valid]
+    return values.min(), values.max()
+
+
+def policy_loss(
+    preset: Preset,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    ref_logp: Tensor | None = None,
+    behaviour_logp: Tensor | None = None,
+    entropy: Tensor | None = None,
+    num_sequences: int | float | Tensor | None = None,
+    num_tokens: int | float | Tensor | None = None,
+    max_len: int | None = None,
+    generator: torch.Generator | None = None,
+    entropy_threshold: float | Tensor | None = None,
+    behaviour_weight_mean: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Scalar loss and metrics for one micro-batch.
+
+    ``logp[B, T]`` (with gradient), ``old_logp``/``ref_logp``/``behaviour_logp[B, T]`` (π_old, π_ref, the
+    rollout engine μ), ``advantages[B]`` (broadcast over tokens) or ``[B, T]``, ``mask[B, T]``, ``entropy[B, T]``
+    (with gradient if ``entropy_coef`` ≠ 0). ``num_sequences``/``num_tokens``/``max_len`` go to
+    :func:`aggregate_loss`: pass the optimizer batch's global counts and the micro-batch losses sum to the
+    full-batch loss. What is only known over the whole batch can be passed in too: ``entropy_threshold``
+    (top-entropy τ) and ``behaviour_weight_mean`` (the self-normalisation mean); otherwise this batch's are
+    used. Clip-Cov and KL-Cov always use this batch's statistics (as verl does).
+
+    - The KL term ``β·k`` is added when ``preset.beta > 0``, ``ref_logp`` is given and ``kl_in_reward`` is
+      False (then the trainer subtracts β·k1 from the reward instead). Without ``ref_logp`` it is skipped.
+    - The entropy bonus ``−entropy_coef·H`` is added when ``entropy`` is given; both it and the KL term are
+      aggregated with the same mode as the policy term and are not masked by the top-entropy selection or
+      weighted by the IS weights (TRL leaves its KL term the same way).
+    - ``top_entropy_quantile`` and behaviour correction need ``entropy`` / ``behaviour_logp`` (ValueError).
+
+    Metrics (0-d, detached; fractions and means over valid tokens): ``clip_frac_low``, ``clip_frac_high``,
+    ``ratio_mean``, ``ratio_min``, ``ratio_max``, ``kl`` and ``entropy_mean`` when computed,
+    ``clip_cov_frac``, ``kl_cov_frac``, ``top_entropy_frac`` when enabled, and the off-policy metrics of
+    :func:`~grpokit.algorithms.off_policy.behaviour_importance_weights`.
+    """
+    valid = mask.bool()
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+
+    ratio = torch.exp(_LOG_RATIOS[preset.ratio_level](logp, old_logp, mask))
+    per_token, clipped_low, clipped_high = _SURROGATES[preset.surrogate](ratio, logp, adv, preset)
+    per_token = per_token.expand_as(logp)
+    clipped_low, clipped_high = clipped_low.expand_as(logp), clipped_high.expand_as(logp)
+    ratio_min, ratio_max = _masked_min_max(ratio.expand_as(logp), valid)
+    metrics: dict[str, Tensor] = {
+        "clip_frac_low": _masked_mean(clipped_low, valid),
+        "clip_frac_high": _masked_mean(clipped_high, valid),
+        "ratio_mean": _masked_mean(ratio.expand_as(logp), valid),
+        "ratio_min": ratio_min,
+        "ratio_max": ratio_max,
+    }
+
+    if preset.clip_cov is not None:
+        cfg = preset.clip_cov
+        detached = clip_cov_mask(
+            logp,
+            adv,
+            mask,
+            clip_ratio=cfg.clip_ratio,
+            cov_low=cfg.cov_low,
+            cov_high=cfg.cov_high,
+            generator=generator,
+            exclude=clipped_low | clipped_high,
+        )
+        # value kept, gradient removed
+        per_token = torch.where(detached, per_token.detach(), per_token)
+        metrics["clip_cov_frac"] = _masked_mean(detached, valid)
+
+    if preset.kl_cov is not None:
+        penalty, selected = kl_cov_penalty(
+            logp, old_logp, adv, mask, top_fraction=preset.kl_cov.top_fraction, coef=preset.kl_cov.coef
+        )
+        per_token = per_token + penalty
+        metrics["kl_cov_frac"] = _masked_mean(selected, valid)
+
+    if preset.top_entropy_quantile is not None:
+        if entropy is None:
+            raise ValueError(f"preset {preset.name!r} sets top_entropy_quantile; pass entropy=")
+        keep = top_entropy_mask(entropy, mask, preset.top_entropy_quantile, threshold=entropy_threshold)
+        per_token = torch.where(keep, per_token, torch.zeros_like(per_token))
+        metrics["top_entropy_frac"] = _masked_mean(keep, valid)
+
+    if preset.behaviour_correction != "none":
+        if behaviour_logp is None:
+            raise ValueError(
+                f"preset {preset.name!r} sets behaviour_correction={preset.behaviour_correction!r}; "
+                "pass behaviour_logp= (the rollout engine's log-probs)"
+            )
+        weights, off_policy_metrics = behaviour_importance_weights(
+            old_logp,
+            behaviour_logp,
+            mask,
+            method=preset.behaviour_correction,
+            level=preset.behaviour_level,
+            cap=preset.behaviour_cap,
+            lower_cap=preset.behaviour_lower_cap,
+        )
+        if preset.self_normalize_is:
+            weights = self_normalize_weights(
+                weights,
+                mask,
+                global_sum=behaviour_weight_mean,
+                global_count=None if behaviour_weight_mean is None else 1.0,
+            )
+        per_token = per_token * weights
+        metrics.update({k: v.detach() for k, v in off_policy_metrics.items()})
+
+    if preset.beta > 0 and not preset.kl_in_reward and ref_logp is not None:
+        kl = kl_estimate(logp, ref_logp, preset.kl_estimator)
+        per_token = per_token + preset.beta * kl
+        metrics["kl"] = _masked_mean(kl, valid)
+
+    if entropy is not None:
+        metrics["entropy_mean"] = _masked_mean(entropy, valid)
+        if preset.entropy_coef != 0:
+            per_token = per_token - preset.entropy_coef * entropy
+
+    loss = aggregate_loss(
+        per_token, mask, preset.aggregation, num_sequences=num_sequences, num_tokens=num_tokens, max_len=max_len
+    )
+    return loss, metrics

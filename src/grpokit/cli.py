@@ -1,0 +1,80 @@
+"""`grpokit` command line: train, eval, demo, presets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grpokit", description="Group-relative RL post-training.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a policy from a YAML config")
+    train.add_argument("config", help="path to the YAML config")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set training.learning_rate=1e-5 (repeatable)")
+
+    evaluate = commands.add_parser("eval", help="evaluate a policy on the config's eval set")
+    evaluate.add_argument("config")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    demo = commands.add_parser("demo", help="the embedded CPU demo: tiny model, arithmetic, GRPO")
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the demo recipe's)")
+
+    commands.add_parser("presets", help="list the algorithm presets")
+    return parser
+
+
+def print_presets() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from grpokit.algorithms.presets import PRESETS
+
+    table = Table(title="grpokit presets")
+    for column in ("preset", "meaning", "G", "advantage", "ratio", "clip (low, high)", "aggregation", "β"):
+        table.add_column(column)
+    for name, p in PRESETS.items():
+        table.add_row(name, p.summary, str(p.num_generations), p.advantage, p.ratio_level,
+                      f"{p.eps_low:g}, {p.eps_high:g}", p.aggregation, f"{p.beta:g}")
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from grpokit.config_schema import ConfigError
+
+    try:
+        if args.command == "presets":
+            print_presets()
+        elif args.command == "demo":
+            from grpokit.demo import run_demo
+
+            run_demo(run_dir=args.run_dir, seed=args.seed, grpo_steps=args.steps)
+        elif args.command in ("train", "eval"):
+            from grpokit.trainers.lm_build import build_trainer
+            from grpokit.trainers.lm_config import load_lm_config
+
+            config = load_lm_config(args.config, args.overrides)
+            trainer = build_trainer(config)
+            if args.command == "train":
+                trainer.train()
+            else:
+                if trainer.eval_data is None:
+                    raise ConfigError("data.eval_path: required for `grpokit eval`")
+                from grpokit.trainers.lm_state import resume_latest
+
+                resume_latest(trainer)
+                for key, value in trainer.evaluate().items():
+                    print(f"{key}: {value:.2f}")
+    except ConfigError as error:
+        print(f"grpokit: config error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

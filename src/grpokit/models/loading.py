@@ -1,0 +1,276 @@
+"""Load a policy (full or LoRA) from a local directory, a hub id or a GGUF file; save it back.
+
+`Policy` holds the trainable model and its tokenizer, and knows how to give the reference
+policy π_ref for the KL term: with LoRA it is the same network with the adapter disabled (no
+second copy in memory); without LoRA it is a frozen deep copy, made only when asked for
+(`make_reference()`), since the trainer needs π_ref only when β > 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from grpokit.models.logprobs import sequence_logprobs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings: ΔW = (alpha / r) · B A with A: [r, d_in], B: [d_out, r]."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # "all-linear" = every linear layer except the output head (peft's meaning), or module names.
+    target_modules: str | Sequence[str] = "all-linear"
+
+
+class Policy:
+    """A trainable causal LM, its tokenizer, and access to the reference policy π_ref."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, is_lora: bool) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.is_lora = is_lora
+        self._reference_copy: nn.Module | None = None
+
+    @property
+    def has_reference(self) -> bool:
+        """True when `reference()` can be used: always with LoRA, after `make_reference()` without."""
+        return self.is_lora or self._reference_copy is not None
+
+    def make_reference(self) -> None:
+        """Freeze π_ref = the current weights. A deep copy without LoRA; nothing to do with LoRA."""
+        if self.is_lora or self._reference_copy is not None:
+            return
+        reference = copy.deepcopy(self.model)
+        reference.requires_grad_(False)
+        self._reference_copy = reference.eval()
+
+    @contextmanager
+    def reference(self) -> Iterator[nn.Module]:
+        """Yield a module computing π_ref, in eval mode, for the duration of the block.
+
+        With LoRA this is `self.model` with its adapter disabled, so do not train inside the block.
+        """
+        if self.is_lora:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with self.model.disable_adapter():
+                    yield self.model
+            finally:
+                self.model.train(was_training)
+        elif self._reference_copy is not None:
+            yield self._reference_copy
+        else:
+            raise RuntimeError("no reference policy: call Policy.make_reference() first (needed when β > 0)")
+
+    def logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, num_completion_tokens: int, **kwargs: Any
+    ) -> tuple[Tensor, Tensor | None]:
+        """`sequence_logprobs` of the trainable policy (with gradients); kwargs pass through."""
+        return sequence_logprobs(self.model, input_ids, attention_mask, num_completion_tokens, **kwargs)
+
+    @torch.no_grad()
+    def reference_logprobs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        num_completion_tokens: int,
+        *,
+        temperature: float = 1.0,
+        chunk_size: int = 512,
+    ) -> Tensor:
+        """log π_ref of the last `num_completion_tokens` tokens, [B, T] float32, without gradients."""
+        with self.reference() as reference_model:
+            logp, _ = sequence_logprobs(
+                reference_model,
+                input_ids,
+                attention_mask,
+                num_completion_tokens,
+                temperature=temperature,
+                chunk_size=chunk_size,
+            )
+        return logp
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer should update (only the adapter's with LoRA)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained`, with pad token = eos token when missing and left padding."""
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _dtype_kwarg(dtype: torch.dtype | str) -> dict[str, Any]:
+    """`dtype=` on transformers ≥ 4.56, `torch_dtype=` before (the keyword was renamed)."""
+    import transformers
+    from packaging.version import Version
+
+    name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {name: dtype}
+
+
+def _gguf_dequantized_config(gguf_file: str) -> dict[str, Any]:
+    """Ask for a dense (trainable) model from a GGUF file where transformers can keep it packed."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF weights on load
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=gguf_file, dequantize=True)}
+
+
+def _is_adapter_dir(path: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
+
+
+def load_policy(
+    model_name_or_path: str | os.PathLike,
+    *,
+    tokenizer_name_or_path: str | os.PathLike | None = None,
+    dtype: str | torch.dtype = "float32",
+    gguf_file: str | None = None,
+    gradient_checkpointing: bool = False,
+    lora: LoraSettings | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    device: str | torch.device | None = None,
+) -> Policy:
+    """Load a causal LM with `AutoModelForCausalLM.from_pretrained` and wrap it as a `Policy`.
+
+    model_name_or_path: a local directory or hub id; with `gguf_file`, the GGUF file in it (its
+    weights are dequantized to `dtype` so they can be trained). A directory saved by
+    `save_policy(..., merged=False)` (it holds `adapter_config.json`) loads its base model and
+    that adapter, trainable; `lora` is then ignored. Otherwise `lora` adds a fresh adapter.
+    The tokenizer comes from `tokenizer_name_or_path` (default: the model's path and GGUF file).
+    """
+    from transformers import AutoModelForCausalLM
+
+    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **_dtype_kwarg(_torch_dtype(dtype))}
+    if attn_implementation is not None:
+        load_kwargs["attn_implementation"] = attn_implementation
+
+    adapter_dir = str(model_name_or_path) if _is_adapter_dir(model_name_or_path) else None
+    if adapter_dir is not None:
+        from peft import PeftConfig
+
+        base_path = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+        model = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs)
+    else:
+        if gguf_file is not None:
+            load_kwargs["gguf_file"] = gguf_file
+            load_kwargs.update(_gguf_dequantized_config(gguf_file))
+        model = AutoModelForCausalLM.from_pretrained(str(model_name_or_path), **load_kwargs)
+
+    if device is not None:
+        model.to(device)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    is_lora = adapter_dir is not None or lora is not None
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    elif lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        target_modules = lora.target_modules
+        if not isinstance(target_modules, str):
+            target_modules = list(target_modules)
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=target_modules,
+        )
+        model = get_peft_model(model, peft_config)
+
+    if tokenizer_name_or_path is not None:
+        tokenizer = load_tokenizer(tokenizer_name_or_path, trust_remote_code=trust_remote_code)
+    elif adapter_dir is not None:
+        tokenizer = load_tokenizer(adapter_dir, trust_remote_code=trust_remote_code)
+    else:
+        tokenizer = load_tokenizer(model_name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    return Policy(model, tokenizer, is_lora=is_lora)
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """The same weights in a freshly built model of the same class, without a quantizer attached.
+
+    `save_pretrained` refuses models loaded from GGUF (their quantizer is not serializable) even
+    when the weights were dequantized; a fresh model from the config with the state dict loaded
+    saves as a normal checkpoint.
+    """
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dtype = next(model.parameters()).dtype
+    plain = type(model)(config).to(dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain
+
+
+def _save_full_model(model: nn.Module, directory: Path) -> None:
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and not quantizer.is_serializable():
+        model = _plain_copy(model)
+    model.save_pretrained(directory)
+
+
+def save_policy(policy: Policy, directory: str | os.PathLike, *, merged: bool = False) -> Path:
+    """Save the policy and its tokenizer to `directory`; return the directory.
+
+    Full model: a regular HF checkpoint. LoRA with merged=False: the adapter only (reload with
+    `load_policy(directory)`); merged=True: W + (alpha / r) · B A folded into a regular HF
+    checkpoint, computed on a copy so the trained adapter stays in place. GGUF-loaded models are
+    saved as regular (safetensors) checkpoints.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if policy.is_lora and not merged:
+        policy.model.save_pretrained(directory)
+    elif policy.is_lora:
+        merged_model = copy.deepcopy(policy.model).merge_and_unload()
+        _save_full_model(merged_model, directory)
+    else:
+        _save_full_model(policy.model, directory)
+    policy.tokenizer.save_pretrained(directory)
+    return directory

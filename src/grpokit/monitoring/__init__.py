@@ -1,0 +1,18 @@
+"""Run monitoring: metrics sinks (JSONL, TensorBoard, W&B), terminal progress, PNG curves.
+
+Importing this package is cheap: tensorboard, wandb and matplotlib are imported only when used.
+"""
+
+from grpokit.monitoring.plots import DEFAULT_PLOT_KEYS, ema_smooth, plot_metrics
+from grpokit.monitoring.progress import TrainingProgress
+from grpokit.monitoring.sinks import METRICS_FILENAME, MetricsLogger, read_metrics
+
+__all__ = [
+    "DEFAULT_PLOT_KEYS",
+    "METRICS_FILENAME",
+    "MetricsLogger",
+    "TrainingProgress",
+    "ema_smooth",
+    "plot_metrics",
+    "read_metrics",
+]

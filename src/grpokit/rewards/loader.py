@@ -1,0 +1,132 @@
+"""Turn a reward description (built-in name, ``module:function``, ``file.py:function``) into a
+:class:`~grpokit.rewards.api.Reward`."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpokit.rewards import builtins, math_answers, reward_model
+from grpokit.rewards.api import Reward, RewardFn, RewardSpec
+
+
+@dataclass(frozen=True)
+class BuiltinReward:
+    """A built-in: ``factory(**kwargs)`` builds the function; ``main_thread`` see ``Reward``."""
+
+    factory: Callable[..., RewardFn]
+    main_thread: bool = False
+
+
+BUILTIN_REWARDS: dict[str, BuiltinReward] = {
+    "exact_match": BuiltinReward(builtins.exact_match),
+    "math_verify": BuiltinReward(math_answers.math_verify, main_thread=True),
+    "format_regex": BuiltinReward(builtins.format_regex),
+    "xml_format_strict": BuiltinReward(builtins.xml_format_strict),
+    "xml_format_soft": BuiltinReward(builtins.xml_format_soft),
+    "xml_count": BuiltinReward(builtins.xml_count),
+    "integer_answer": BuiltinReward(builtins.integer_answer),
+    "correctness_xml": BuiltinReward(builtins.correctness_xml),
+    "length": BuiltinReward(builtins.length),
+    "soft_overlong": BuiltinReward(builtins.soft_overlong),
+    "reward_model": BuiltinReward(reward_model.reward_model),
+}
+
+def load_reward(
+    spec: RewardSpec | str | Callable[..., Any],
+    *,
+    name: str | None = None,
+    weight: float | None = None,
+    timeout_seconds: float | None = None,
+    **kwargs: Any,
+) -> Reward:
+    """Load one reward.
+
+    ``spec`` is a :class:`RewardSpec`, a source string (built-in name, ``"pkg.module:function"``,
+    ``"path/to/file.py:function"``) or a callable. Keyword arguments override the spec's fields;
+    other keywords are added to its ``kwargs`` (built-in options, or fixed keyword arguments bound
+    to a user function). Unknown built-in names and bad options raise ``ValueError``.
+    """
+    if isinstance(spec, RewardSpec):
+        options = {**spec.kwargs, **kwargs}
+        name = name if name is not None else spec.name
+        weight = weight if weight is not None else spec.weight
+        timeout_seconds = timeout_seconds if timeout_seconds is not None else spec.timeout_seconds
+        source: str | Callable[..., Any] = spec.source
+    else:
+        options, source = kwargs, spec
+    weight = 1.0 if weight is None else float(weight)
+
+    if callable(source):
+        fn = functools.partial(source, **options) if options else source
+        default_name = getattr(source, "__name__", type(source).__name__)
+        return Reward(name or default_name, fn, weight, timeout_seconds)
+    if source in BUILTIN_REWARDS:
+        builtin = BUILTIN_REWARDS[source]
+        _check_options(source, options)
+        fn = builtin.factory(**options)
+        return Reward(name or source, fn, weight, timeout_seconds, main_thread=builtin.main_thread)
+    if ":" in source:
+        function = _import_function(source)
+        fn = functools.partial(function, **options) if options else function
+        return Reward(name or function.__name__, fn, weight, timeout_seconds)
+    raise ValueError(
+        f"unknown reward {source!r}: use a built-in ({', '.join(sorted(BUILTIN_REWARDS))}), "
+        "'package.module:function' or 'path/to/file.py:function'"
+    )
+
+
+def load_rewards(specs: Sequence[RewardSpec | str | Callable[..., Any]]) -> list[Reward]:
+    """Load several rewards; names must be unique (they key the metrics)."""
+    rewards = [load_reward(spec) for spec in specs]
+    names = [reward.name for reward in rewards]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"reward names must be unique, repeated: {duplicates}; set name= to tell them apart")
+    return rewards
+
+
+def _check_options(builtin_name: str, options: dict[str, Any]) -> None:
+    parameters = inspect.signature(BUILTIN_REWARDS[builtin_name].factory).parameters
+    allowed = list(parameters)
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ValueError(f"reward '{builtin_name}' has no option(s) {unknown}; options: {allowed}")
+    missing = [n for n, p in parameters.items() if p.default is inspect.Parameter.empty and n not in options]
+    if missing:
+        raise ValueError(f"reward '{builtin_name}' needs option(s) {missing}; options: {allowed}")
+
+
+def _import_function(source: str) -> Callable[..., Any]:
+    """``"pkg.mod:fn"`` or ``"dir/file.py:fn"`` (split at the last colon, so a Windows drive
+    letter in the path survives)."""
+    location, _, attribute = source.rpartition(":")
+    if location.endswith(".py"):
+        path = Path(location).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"reward file not found: {path}")
+        module_name = f"grpokit_user_reward_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module  # lets dataclasses / pickling inside the file resolve
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as error:
+            raise ValueError(f"cannot import module '{location}' for reward {source!r}: {error}") from error
+    function = getattr(module, attribute, None)
+    if function is None:
+        raise ValueError(f"'{location}' has no attribute '{attribute}' (reward {source!r})")
+    if not callable(function):
+        raise ValueError(f"reward {source!r} is not callable")
+    return function

@@ -1,0 +1,451 @@
+"""The language-model GRPO trainer.
+
+The loop is the algorithm box:
+
+    for step in 1..N:
+        rollout  ← sample G completions for each of P prompts          (`sample`)
+        rewards  ← score every completion                             (inside `sample`, for DAPO)
+        batch    ← advantages, loss mask, old/ref log-probs            (`prepare`)
+        μ passes of mini-batch updates, micro-batched                  (`update`)
+        log, evaluate, checkpoint
+
+Which advantage, ratio, clip, aggregation and corrections apply is the preset's business
+(`grpokit.algorithms.presets`); the loop has no per-variant branches beyond asking the preset.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from grpokit.algorithms import (
+    combine_rewards,
+    overlong_filter_mask,
+    policy_loss,
+    rloo_advantages,
+    soft_overlong_penalty,
+)
+from grpokit.algorithms.presets import Preset
+from grpokit.rollout.types import RolloutBatch, SamplingParams
+from grpokit.trainers.batching import TrainingBatch, micro_batch_rows, mini_batch_rows, model_inputs
+from grpokit.trainers.lm_config import LMTrainConfig
+
+log = logging.getLogger("grpokit.trainer")
+
+# The curves drawn to metrics.png at the end of a run (fnmatch patterns over the logged names).
+LM_PLOT_KEYS = (
+    "reward/mean", "reward/*/mean", "eval/*", "frac_reward_zero_std", "train/kl", "train/entropy_mean",
+    "train/clip_frac_*", "train/ratio_mean", "completion/length_mean", "completion/truncated_frac",
+    "train/grad_norm", "train/learning_rate", "time/rollout_tokens_per_second",
+)
+
+
+@dataclass
+class ScoredRollout:
+    rollout: RolloutBatch
+    rewards: Tensor  # [B, K] per reward function, NaN where a reward returned None
+    reward_names: list[str]
+    total_reward: Tensor  # [B] weighted sum used for logging
+    prompt_indices: list[int]  # data-set index of each group
+    reward_metrics: dict = field(default_factory=dict)
+    dropped_groups: int = 0  # DAPO dynamic sampling: zero-variance groups dropped
+    generation_rounds: int = 1
+
+
+class LMTrainer:
+    """GRPO-family trainer for causal language models; see `grpokit.trainers.lm_build` for `from_config`."""
+
+    def __init__(self, config: LMTrainConfig, *, policy, engine, train_data, sampler, reward_runner,
+                 preset: Preset, eval_data=None, accelerator=None):
+        self.config = config
+        self.policy = policy
+        self.engine = engine
+        self.train_data = train_data
+        self.sampler = sampler
+        self.reward_runner = reward_runner
+        self.preset = preset
+        self.eval_data = eval_data
+        self.accelerator = accelerator
+        self.group_size = config.rollout.num_generations or preset.num_generations
+        self.run_dir = Path(config.logging.run_dir)
+        self.step = 0
+        self.tokens_seen = 0
+        self.optimizer = self._make_optimizer()
+        self.scheduler = self._make_scheduler()
+        self.reference_needed = preset.beta > 0
+
+    # ------------------------------------------------------------------ set-up
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.config.training
+        params = [p for p in self.policy.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                 weight_decay=t.weight_decay)
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        t = self.config.training
+
+        def factor(step: int) -> float:
+            if step < t.warmup_steps:
+                return (step + 1) / t.warmup_steps
+            progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+            if t.lr_schedule == "linear":
+                return max(0.0, 1.0 - progress)
+            if t.lr_schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            return 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    @property
+    def model(self):
+        return self.policy.model
+
+    def sampling_params(self, step: int, *, temperature: float | None = None) -> SamplingParams:
+        r = self.config.rollout
+        # Seeded per step, so a resumed run samples exactly what an uninterrupted one would.
+        return SamplingParams(max_new_tokens=r.max_new_tokens,
+                              temperature=r.temperature if temperature is None else temperature,
+                              top_p=r.top_p, top_k=r.top_k, seed=self.config.training.seed * 1_000_003 + step)
+
+    # ------------------------------------------------------------------ 1. sample and score
+    def sample(self, step: int) -> ScoredRollout:
+        """G completions for each of P prompts, scored; with dynamic sampling, only informative groups."""
+        wanted = self.config.rollout.prompts_per_step
+        rounds = 1 + (self.config.rollout.max_dynamic_sampling_rounds if self.preset.dynamic_sampling else 0)
+        kept: list[ScoredRollout] = []
+        have, dropped, used_rounds = 0, 0, 0
+        for round_index in range(rounds):
+            used_rounds += 1
+            indices = self.sampler.next_batch(wanted - have if round_index else wanted)
+            scored = self._generate_and_score(indices, step, round_index)
+            if self.preset.dynamic_sampling:
+                informative = _informative_groups(scored.total_reward, scored.rollout.group_ids)
+                dropped += int((~informative).sum())
+                scored = _select_groups(scored, informative)
+            kept.append(scored)
+            have += len(scored.prompt_indices)
+            if have >= wanted:
+                break
+        merged = _concat_scored(kept) if len(kept) > 1 else kept[0]
+        if len(merged.prompt_indices) > wanted:
+            merged = _select_groups(merged, torch.arange(len(merged.prompt_indices)) < wanted)
+        if len(merged.prompt_indices) == 0:
+            # Every group was all-equal in every round: nothing to learn this step.
+            log.warning("step %d: every sampled group had equal rewards; skipping the update", step)
+        merged.dropped_groups = dropped
+        merged.generation_rounds = used_rounds
+        return merged
+
+    def _generate_and_score(self, indices: list[int], step: int, round_index: int) -> ScoredRollout:
+        prompts = [self.train_data.render(i, self.policy.tokenizer) for i in indices]
+        params = self.sampling_params(step * 17 + round_index)
+        rollout = self.engine.generate(prompts, self.group_size, params)
+        columns = self.train_data.columns_for(indices, repeat=self.group_size)
+        result = self.reward_runner.score(
+            prompts=rollout.prompts, completions=rollout.completions,
+            group_ids=rollout.group_ids.tolist(), columns=columns,
+            completion_lengths=rollout.completion_mask.sum(1).tolist(),
+        )
+        rewards = result.matrix
+        names = list(result.names)
+        if self.preset.soft_overlong:
+            max_len = self.config.rollout.max_new_tokens
+            cache = min(self.preset.overlong_cache_len, max_len // 4)
+            penalty = soft_overlong_penalty(rollout.completion_mask.sum(1), max_len=max_len, cache_len=cache)
+            rewards = torch.cat([rewards, penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
+            names.append("soft_overlong")
+        total = _weighted_total(rewards, self._reward_weights(len(names)))
+        return ScoredRollout(rollout=rollout, rewards=rewards, reward_names=names, total_reward=total,
+                             prompt_indices=list(indices), reward_metrics=result.metrics)
+
+    def _reward_weights(self, count: int) -> Tensor:
+        weights = list(self.reward_runner.weights)
+        weights += [1.0] * (count - len(weights))  # shaping terms added by the preset weigh 1
+        return torch.tensor(weights, dtype=torch.float64)
+
+    # ------------------------------------------------------------------ 2. advantages and masks
+    def prepare(self, scored: ScoredRollout) -> TrainingBatch:
+        rollout = scored.rollout
+        rewards = scored.rewards.to(torch.float64)
+        weights = self._reward_weights(rewards.shape[1])
+        valid = ~torch.isnan(_weighted_total(rewards, weights))
+        if self.preset.advantage == "rloo":
+            advantages = rloo_advantages(_weighted_total(rewards, weights), rollout.group_ids)
+        else:
+            advantages = combine_rewards(rewards, weights, rollout.group_ids, mode=self.preset.multi_reward,
+                                         scale=self.preset.advantage, std=self.preset.std)
+        loss_mask = rollout.completion_mask.clone()
+        loss_mask[~valid] = 0  # a None/NaN reward gives its completion zero weight
+        if self.preset.overlong_filter:
+            loss_mask = overlong_filter_mask(rollout.truncated, loss_mask)
+        batch = TrainingBatch(
+            prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask,
+            completion_ids=rollout.completion_ids, completion_mask=rollout.completion_mask,
+            group_ids=rollout.group_ids, loss_mask=loss_mask, advantages=advantages.float(),
+            behaviour_logprobs=rollout.behaviour_logprobs,
+        )
+        # With μ = 1 and a single mini-batch the parameters have not moved since sampling, so the
+        # "old" log-probs are the current ones, detached, taken in the training forward: no extra pass.
+        needs_old = self.config.training.num_iterations > 1 or self.config.training.mini_batches > 1
+        if needs_old:
+            batch.old_logprobs = self._logprobs_no_grad(batch, reference=False)
+        if self.reference_needed:
+            batch.ref_logprobs = self._logprobs_no_grad(batch, reference=True)
+        return batch
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, batch: TrainingBatch, *, reference: bool) -> Tensor:
+        out = torch.zeros_like(batch.behaviour_logprobs)
+        rows_all = torch.arange(len(batch))
+        for rows in micro_batch_rows(rows_all, self.config.training.micro_batch_size):
+            micro = batch.select(rows)
+            with self.policy.reference() if reference else _nullcontext():
+                logp, _ = self._forward_logprobs(micro, with_entropy=False)
+            out[rows, : logp.shape[1]] = logp
+        return out
+
+    def _forward_logprobs(self, micro: TrainingBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        from grpokit.models.logprobs import sequence_logprobs
+
+        input_ids, attention_mask, num_completion = model_inputs(micro)
+        return sequence_logprobs(
+            self.model, input_ids, attention_mask, num_completion,
+            temperature=self.config.rollout.temperature, with_entropy=with_entropy,
+            chunk_size=self.config.training.logprob_chunk_size,
+        )
+
+    # ------------------------------------------------------------------ 3. update
+    def update(self, batch: TrainingBatch, step: int) -> dict[str, float]:
+        """μ passes over the batch; each pass = `mini_batches` optimizer steps of accumulated micro-batches."""
+        t = self.config.training
+        self.model.train()
+        generator = torch.Generator().manual_seed(t.seed * 7919 + step)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _ in range(t.num_iterations):
+            for rows in mini_batch_rows(batch.group_ids, t.mini_batches, generator):
+                stats = self._optimizer_step(batch, rows)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
+        return {key: sums[key] / counts[key] for key in sums}
+
+    def _optimizer_step(self, batch: TrainingBatch, rows: Tensor) -> dict[str, float]:
+        t = self.config.training
+        mini = batch.select(rows)
+        num_tokens = int(mini.loss_mask.sum())
+        num_sequences = len(mini)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+        token_weights: dict[str, float] = {}
+        for micro_rows in micro_batch_rows(torch.arange(len(mini)), t.micro_batch_size):
+            micro = mini.select(micro_rows)
+            logp, entropy = self._forward_logprobs(micro, with_entropy=True)
+            old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
+            loss, metrics = policy_loss(
+                self.preset, logp, old, micro.advantages, micro.loss_mask,
+                ref_logp=micro.ref_logprobs, behaviour_logp=micro.behaviour_logprobs, entropy=entropy,
+                num_sequences=num_sequences, num_tokens=max(num_tokens, 1),
+                max_len=self.config.rollout.max_new_tokens,
+            )
+            self._backward(loss)
+            share = float(micro.loss_mask.sum()) / max(num_tokens, 1)
+            stats["loss"] = stats.get("loss", 0.0) + float(loss)
+            for key, value in metrics.items():
+                value = float(value)
+                if key.endswith("_max"):
+                    stats[key] = max(stats.get(key, -math.inf), value)
+                elif key.endswith("_min"):
+                    stats[key] = min(stats.get(key, math.inf), value)
+                else:  # token-weighted mean over the mini-batch
+                    stats[key] = stats.get(key, 0.0) + share * value
+                    token_weights[key] = token_weights.get(key, 0.0) + share
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        for key, weight in token_weights.items():
+            if weight > 0:
+                stats[key] /= weight
+        stats["grad_norm"] = float(grad_norm)
+        return stats
+
+    # ------------------------------------------------------------------ the run
+    def train(self) -> dict[str, float]:
+        """Run (or resume) training to `max_steps`; returns the last evaluation's metrics."""
+        from grpokit.monitoring import MetricsLogger, TrainingProgress
+        from grpokit.trainers.lm_state import resume_latest, save_checkpoint
+
+        cfg = self.config
+        resumed = resume_latest(self) if cfg.checkpoint.resume else False
+        last_eval: dict[str, float] = {}
+        with MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
+                           wandb_project=cfg.logging.wandb_project, config=_config_dict(cfg)) as logger, \
+                TrainingProgress(cfg.training.max_steps, description=f"{self.preset.name}",
+                                 disable=not cfg.logging.progress) as progress:
+            if resumed:
+                logger.truncate_after(self.step)
+            elif self.eval_data is not None:
+                last_eval = self.evaluate()
+                logger.log(0, last_eval)
+            while self.step < cfg.training.max_steps:
+                metrics = self.train_step(self.step)
+                self.step += 1
+                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_data is not None:
+                    last_eval = self.evaluate()
+                    metrics.update(last_eval)
+                logger.log(self.step, metrics)
+                progress.update(self.step, reward=metrics.get("reward/mean"),
+                                kl=metrics.get("train/kl"), len=metrics.get("completion/length_mean"))
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                    save_checkpoint(self)
+            if self.eval_data is not None and not (cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0):
+                last_eval = self.evaluate()
+                logger.log(self.step, last_eval)
+        save_checkpoint(self)
+        if cfg.logging.plot:
+            from grpokit.monitoring import plot_metrics
+
+            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", keys=LM_PLOT_KEYS)
+        return last_eval
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One GRPO step: sample and score → advantages → μ passes of updates. Returns its metrics."""
+        started = time.perf_counter()
+        scored = self.sample(step)
+        rollout_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        if len(scored.prompt_indices) == 0:
+            return {"dynamic_sampling/rounds": float(scored.generation_rounds), "train/skipped": 1.0}
+        batch = self.prepare(scored)
+        stats = self.update(batch, step)
+        train_seconds = time.perf_counter() - started
+        metrics = step_metrics(scored, batch, stats)
+        tokens = float(scored.rollout.completion_mask.sum())
+        self.tokens_seen += int(tokens)
+        metrics.update({
+            "time/rollout_seconds": rollout_seconds,
+            "time/train_seconds": train_seconds,
+            "time/rollout_tokens_per_second": tokens / max(rollout_seconds, 1e-9),
+            "time/train_tokens_per_second": tokens * self.config.training.num_iterations / max(train_seconds, 1e-9),
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "tokens_seen": float(self.tokens_seen),
+        })
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        from grpokit.trainers.evaluation import EvalSettings, evaluate
+
+        e, r = self.config.eval, self.config.rollout
+        settings = EvalSettings(num_prompts=e.num_prompts, samples_per_prompt=e.samples_per_prompt,
+                                temperature=e.temperature, greedy=e.greedy, max_new_tokens=r.max_new_tokens,
+                                top_p=r.top_p, top_k=r.top_k, reward=e.reward,
+                                success_threshold=e.success_threshold, seed=self.config.training.seed + 99991)
+        return evaluate(self.engine, self.policy.tokenizer, self.eval_data, self.reward_runner, settings)
+
+    def _backward(self, loss: Tensor) -> None:
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
+
+# ---------------------------------------------------------------------- helpers on scored rollouts
+def _weighted_total(rewards: Tensor, weights: Tensor) -> Tensor:
+    """Σ_k w_k·r_k per row; NaN when any reward of the row is NaN (the row is then masked)."""
+    return (rewards.to(torch.float64) * weights.to(torch.float64)).sum(dim=1)
+
+
+def _informative_groups(total_reward: Tensor, group_ids: Tensor) -> Tensor:
+    """Per group (in order of first appearance): does it hold at least two different valid rewards?"""
+    groups = torch.unique_consecutive(group_ids)
+    flags = []
+    for g in groups:
+        values = total_reward[group_ids == g]
+        values = values[~torch.isnan(values)]
+        flags.append(bool(len(values) > 1 and (values.max() - values.min()) > 1e-9))
+    return torch.tensor(flags, dtype=torch.bool)
+
+
+def _select_groups(scored: ScoredRollout, keep: Tensor) -> ScoredRollout:
+    groups = torch.unique_consecutive(scored.rollout.group_ids)
+    kept_groups = groups[keep]
+    rows = torch.isin(scored.rollout.group_ids, kept_groups).nonzero().flatten()
+    rollout = scored.rollout.select(rows)
+    # Renumber the groups 0..k-1 so the batch is self-contained.
+    _, new_ids = torch.unique_consecutive(rollout.group_ids, return_inverse=True)
+    rollout.group_ids = new_ids
+    return ScoredRollout(
+        rollout=rollout, rewards=scored.rewards[rows], reward_names=scored.reward_names,
+        total_reward=scored.total_reward[rows],
+        prompt_indices=[i for i, k in zip(scored.prompt_indices, keep.tolist()) if k],
+        reward_metrics=scored.reward_metrics,
+    )
+
+
+def _concat_scored(parts: list[ScoredRollout]) -> ScoredRollout:
+    from grpokit.rollout.types import concat_rollouts
+
+    rollout = concat_rollouts([p.rollout for p in parts])
+    offsets, start = [], 0
+    for p in parts:  # each round numbers its groups from 0: shift them apart
+        offsets.append(torch.full((len(p.rollout.group_ids),), start, dtype=torch.long))
+        start += len(p.prompt_indices)
+    rollout.group_ids = torch.cat([p.rollout.group_ids for p in parts]) + torch.cat(offsets)
+    return ScoredRollout(
+        rollout=rollout,
+        rewards=torch.cat([p.rewards for p in parts]), reward_names=parts[0].reward_names,
+        total_reward=torch.cat([p.total_reward for p in parts]),
+        prompt_indices=[i for p in parts for i in p.prompt_indices],
+        reward_metrics=parts[0].reward_metrics,
+    )
+
+
+def _config_dict(config: LMTrainConfig) -> dict:
+    from grpokit.config_schema import to_dict
+
+    return to_dict(config)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+
+def step_metrics(scored: ScoredRollout, batch: TrainingBatch, update_stats: dict[str, float]) -> dict[str, float]:
+    """What a user needs to see for one step: rewards, lengths, zero-std groups, and the update's stats."""
+    rollout = scored.rollout
+    metrics: dict[str, float] = {}
+    for k, name in enumerate(scored.reward_names):
+        values = scored.rewards[:, k]
+        values = values[~torch.isnan(values)]
+        metrics[f"reward/{name}/mean"] = float(values.mean()) if len(values) else float("nan")
+        metrics[f"reward/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0
+    total = scored.total_reward[~torch.isnan(scored.total_reward)]
+    metrics["reward/mean"] = float(total.mean()) if len(total) else float("nan")
+    metrics["reward/std"] = float(total.std()) if len(total) > 1 else 0.0
+    metrics["reward/none_count"] = float(torch.isnan(scored.total_reward).sum())
+    informative = _informative_groups(scored.total_reward, rollout.group_ids)
+    metrics["frac_reward_zero_std"] = float((~informative).float().mean()) if len(informative) else 1.0
+    lengths = rollout.completion_mask.sum(1).float()
+    metrics["completion/length_mean"] = float(lengths.mean())
+    metrics["completion/length_max"] = float(lengths.max())
+    metrics["completion/truncated_frac"] = float(rollout.truncated.float().mean())
+    metrics["advantage/abs_mean"] = float(batch.advantages.abs().mean())
+    metrics["dynamic_sampling/dropped_groups"] = float(scored.dropped_groups)
+    metrics["dynamic_sampling/rounds"] = float(scored.generation_rounds)
+    for key, value in scored.reward_metrics.items():
+        if isinstance(value, (int, float)):
+            metrics[f"reward_info/{key}"] = float(value)
+    metrics.update({f"train/{k}": v for k, v in update_stats.items()})
+    return metrics

@@ -1,0 +1,64 @@
+"""Building an `LMTrainer` from a validated `LMTrainConfig`: policy, engine, data, rewards, preset."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from grpokit.algorithms.presets import get_preset
+from grpokit.trainers.lm import LMTrainer
+from grpokit.trainers.lm_config import LMTrainConfig
+
+
+def build_preset(config: LMTrainConfig):
+    preset = get_preset(config.algorithm.preset, **config.algorithm.overrides)
+    if config.rollout.num_generations is not None:
+        preset = dataclasses.replace(preset, num_generations=config.rollout.num_generations)
+    return preset
+
+
+def build_rewards(config: LMTrainConfig):
+    from grpokit.rewards import RewardRunner, load_reward
+
+    rewards = [
+        load_reward(r.function, name=r.name, weight=r.weight, timeout_seconds=r.timeout_seconds, **r.kwargs)
+        for r in config.rewards
+    ]
+    return RewardRunner(rewards, on_error=config.on_reward_error)
+
+
+def build_policy(config: LMTrainConfig):
+    from grpokit.models.loading import LoraSettings, load_policy
+
+    m = config.model
+    lora = None
+    if m.lora is not None:
+        lora = LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
+                            target_modules=m.lora.target_modules)
+    return load_policy(m.name_or_path, dtype=m.dtype, gguf_file=m.gguf_file, tokenizer=m.tokenizer,
+                       gradient_checkpointing=m.gradient_checkpointing, lora=lora,
+                       trust_remote_code=m.trust_remote_code)
+
+
+def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_data=None,
+                  reward_runner=None) -> LMTrainer:
+    """Every component from the config, except those passed in ready-made (tests, the demo)."""
+    import torch
+    from accelerate import Accelerator
+
+    from grpokit.data import PromptSampler, load_prompt_dataset
+    from grpokit.rollout.inprocess import InProcessEngine
+
+    torch.manual_seed(config.training.seed)
+    preset = build_preset(config)
+    reward_runner = reward_runner or build_rewards(config)
+    if train_data is None:
+        train_data = load_prompt_dataset(config.data.path, prompt_column=config.data.prompt_column)
+    if eval_data is None and config.data.eval_path:
+        eval_data = load_prompt_dataset(config.data.eval_path, prompt_column=config.data.prompt_column)
+    policy = policy or build_policy(config)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    policy.model.to(accelerator.device)
+    engine = InProcessEngine(policy.model, policy.tokenizer, device=accelerator.device)
+    sampler = PromptSampler(len(train_data), seed=config.training.seed, shuffle=config.data.shuffle)
+    return LMTrainer(config, policy=policy, engine=engine, train_data=train_data, sampler=sampler,
+                     reward_runner=reward_runner, preset=preset, eval_data=eval_data, accelerator=accelerator)

@@ -1,0 +1,171 @@
+"""The language-model trainer's config: one typed dataclass per YAML section.
+
+Every default is documented where it is defined. Load with `load_lm_config(path, overrides)`;
+unknown keys, wrong types and values outside an allowed set are errors naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from grpokit.config_schema import ConfigError, apply_overrides, from_dict
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""  # local directory or hub id (AutoModelForCausalLM)
+    gguf_file: str | None = None  # a .gguf file inside name_or_path, dequantized on load
+    tokenizer: str | None = None  # defaults to name_or_path
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None  # None = full fine-tuning
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # JSONL, CSV, Parquet or a `datasets.save_to_disk` directory
+    prompt_column: str = "prompt"  # text or chat messages
+    eval_path: str | None = None  # held-out prompts for evaluation
+    shuffle: bool = True
+
+
+@dataclass
+class RewardConfig:
+    function: str = ""  # built-in name, "module:function" or "path/to/file.py:function"
+    name: str | None = None  # how it is logged; defaults to the function's name
+    weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)
+    timeout_seconds: float | None = None
+
+
+@dataclass
+class AlgorithmConfig:
+    preset: str = "grpo"  # see `grpokit presets`
+    overrides: dict = field(default_factory=dict)  # any Preset field, e.g. {eps_high: 0.28}
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["inprocess"] = "inprocess"
+    num_generations: int | None = None  # G; None = the preset's
+    prompts_per_step: int = 16
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_dynamic_sampling_rounds: int = 4  # DAPO: extra generation rounds to fill the batch
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = 100
+    num_iterations: int = 1  # μ: passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass (the batch split into this many parts)
+    micro_batch_size: int = 8  # sequences per forward/backward (gradient accumulation)
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    logprob_chunk_size: int = 512  # positions per chunk of the chunked log-prob/entropy pass
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # 0 = only before and after training
+    num_prompts: int = 100
+    samples_per_prompt: int = 4  # k for pass@k / mean@k
+    temperature: float = 1.0
+    greedy: bool = True  # also report greedy accuracy
+    reward: str | None = None  # reward name scored as accuracy (> threshold); default the first
+    success_threshold: float = 0.5
+
+
+@dataclass
+class LoggingConfig:
+    run_dir: str = "runs/grpo"
+    tensorboard: bool = True
+    wandb_project: str | None = None
+    progress: bool = True
+    plot: bool = True  # draw metrics.png at the end
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    save_merged_lora: bool = False  # LoRA: merged weights instead of the adapter only
+    resume: bool = True  # continue from run_dir's latest checkpoint when there is one
+
+
+@dataclass
+class LMTrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: list[RewardConfig] = field(default_factory=list)
+    on_reward_error: Literal["stop", "none"] = "stop"  # "none": score the batch's rows as None
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "rollout.prompts_per_step": self.rollout.prompts_per_step,
+            "rollout.max_new_tokens": self.rollout.max_new_tokens,
+            "training.max_steps": self.training.max_steps,
+            "training.num_iterations": self.training.num_iterations,
+            "training.mini_batches": self.training.mini_batches,
+            "training.micro_batch_size": self.training.micro_batch_size,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {value}")
+        if self.rollout.num_generations is not None and self.rollout.num_generations < 1:
+            raise ConfigError("rollout.num_generations: must be >= 1")
+        if self.rollout.prompts_per_step % self.training.mini_batches:
+            raise ConfigError(
+                f"training.mini_batches: {self.training.mini_batches} must divide "
+                f"rollout.prompts_per_step ({self.rollout.prompts_per_step})"
+            )
+
+
+def load_lm_config(source: str | Path | dict, overrides: list[str] | None = None) -> LMTrainConfig:
+    """Read a YAML file (or a dict), apply `--set` overrides, validate, return the config."""
+    import yaml
+
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    raw = apply_overrides(dict(raw), overrides or [])
+    config = from_dict(LMTrainConfig, raw)
+    if not config.model.name_or_path:
+        raise ConfigError("model.name_or_path: required (a local directory or a hub id)")
+    if not config.data.path:
+        raise ConfigError("data.path: required (JSONL, CSV, Parquet or a datasets directory)")
+    if not config.rewards:
+        raise ConfigError("rewards: at least one reward is required")
+    return config

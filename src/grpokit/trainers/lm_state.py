@@ -1,0 +1,53 @@
+"""Saving and resuming the language-model trainer's whole state.
+
+A checkpoint holds the policy (HF format: full weights, merged LoRA or the adapter alone), the
+optimizer, the scheduler, the RNG states, the step, the data cursor and the token counter. On CPU
+a resumed run reproduces the uninterrupted run's losses to the bit: sampling and mini-batch
+shuffles are seeded by step, and everything else is restored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grpokit.checkpoint import CheckpointManager
+
+
+def _manager(trainer) -> CheckpointManager:
+    return CheckpointManager(Path(trainer.config.logging.run_dir), keep_last=trainer.config.checkpoint.keep_last)
+
+
+def save_checkpoint(trainer) -> Path:
+    from grpokit.models.loading import save_policy
+
+    merged = trainer.config.checkpoint.save_merged_lora
+
+    def save_model(directory: Path) -> None:
+        save_policy(trainer.policy, directory, merged=merged)
+        if merged and trainer.policy.is_lora:
+            # The merged copy is for users; resuming needs the adapter itself.
+            save_policy(trainer.policy, Path(directory) / "adapter", merged=False)
+
+    extra = {"sampler": trainer.sampler.state_dict(), "tokens_seen": trainer.tokens_seen}
+    return _manager(trainer).save(trainer.step, model_saver=save_model, optimizer=trainer.optimizer,
+                                  scheduler=trainer.scheduler, extra_state=extra)
+
+
+def resume_latest(trainer) -> bool:
+    """Restore the trainer from its run directory's latest complete checkpoint; False if there is none."""
+    from grpokit.models.loading import load_policy_weights
+
+    manager = _manager(trainer)
+    path = manager.latest()
+    if path is None:
+        return False
+    state = manager.load(path, optimizer=trainer.optimizer, scheduler=trainer.scheduler, restore_rng=True)
+    model_dir = manager.model_dir(path)
+    if trainer.policy.is_lora and (model_dir / "adapter").is_dir():
+        model_dir = model_dir / "adapter"
+    load_policy_weights(trainer.policy, model_dir)
+    trainer.step = int(state["step"])
+    extra = state["extra_state"]
+    trainer.sampler.load_state_dict(extra["sampler"])
+    trainer.tokens_seen = int(extra.get("tokens_seen", 0))
+    return True
