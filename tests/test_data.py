@@ -33,7 +33,9 @@ def error_text(path, **kwargs) -> str:
 
 
 def test_jsonl_keeps_extra_columns_for_rewards(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": CHAT, "answer": "4"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": CHAT, "answer": "4"}]
+    )
     data = load_prompt_dataset(path, required_columns=["answer"])
     assert len(data) == 2
     assert data.columns == ["prompt", "answer"]
@@ -61,7 +63,9 @@ def test_csv_rows_are_text(tmp_path):
 def test_parquet_keeps_chat_message_lists(tmp_path):
     pandas = pytest.importorskip("pandas")
     path = tmp_path / "d.parquet"
-    pandas.DataFrame({"prompt": [CHAT, [{"role": "user", "content": "hi"}]], "answer": ["4", "x"]}).to_parquet(path)
+    pandas.DataFrame(
+        {"prompt": [CHAT, [{"role": "user", "content": "hi"}]], "answer": ["4", "x"]}
+    ).to_parquet(path)
     data = load_prompt_dataset(path, required_columns=["answer"])
     assert data.prompts[0] == CHAT
     assert data[1]["answer"] == "x"
@@ -74,7 +78,9 @@ def test_datasets_directory_and_split_choice(tmp_path):
     data = load_prompt_dataset(tmp_path / "single", prompt_column="question")
     assert data.prompts == ["q1", "q2"]
 
-    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])})
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}
+    )
     splits.save_to_disk(str(tmp_path / "splits"))
     assert len(load_prompt_dataset(tmp_path / "splits", prompt_column="question", split="test")) == 1
     message = error_text(tmp_path / "splits", prompt_column="question")
@@ -108,7 +114,9 @@ def test_missing_required_column_in_parquet_names_row(tmp_path):
 def test_whitespace_prompt_is_rejected(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok"}, {"prompt": " \n\t"}])
     message = error_text(path)
-    assert str(path) in message and "line 2" in message and "column 'prompt'" in message and "empty" in message
+    assert (
+        str(path) in message and "line 2" in message and "column 'prompt'" in message and "empty" in message
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,11 +133,15 @@ def test_whitespace_prompt_is_rejected(tmp_path):
 def test_malformed_chat_messages_are_rejected(tmp_path, prompt, complaint):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": prompt}])
     message = error_text(path)
-    assert str(path) in message and "line 1" in message and "column 'prompt'" in message and complaint in message
+    assert (
+        str(path) in message and "line 1" in message and "column 'prompt'" in message and complaint in message
+    )
 
 
 def test_none_in_required_column_is_rejected(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": None}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": None}]
+    )
     message = error_text(path, required_columns=["answer"])
     assert "line 2" in message and "column 'answer'" in message
     assert "line 1" not in message
@@ -221,8 +233,13 @@ def test_tokenizer_without_template_gives_raw_text(tokenizer_with_template):
 
 
 def test_reward_columns_repeat_each_prompt_row_group_size_times():
-    data = PromptDataset.from_records([{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2", "tag": "t"}])
-    assert data.reward_columns([1, 0], repeats=2) == {"answer": ["2", "2", "1", "1"], "tag": ["t", "t", None, None]}
+    data = PromptDataset.from_records(
+        [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2", "tag": "t"}]
+    )
+    assert data.columns_for([1, 0], repeat=2) == {
+        "answer": ["2", "2", "1", "1"],
+        "tag": ["t", "t", None, None],
+    }
 
 
 # ----------------------------------------------------------------------------- sampler

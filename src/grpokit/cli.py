@@ -46,6 +46,7 @@ def print_presets() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from grpokit.config_schema import ConfigError
+    from grpokit.data import DataError
 
     try:
         if args.command == "presets":
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key}: {value:.2f}")
     except ConfigError as error:
         print(f"grpokit: config error: {error}", file=sys.stderr)
+        return 2
+    except DataError as error:
+        print(f"grpokit: data error: {error}", file=sys.stderr)
         return 2
     return 0
 

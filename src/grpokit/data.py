@@ -134,12 +134,12 @@ class PromptDataset:
     def render(self, index: int, tokenizer: Any = None) -> str:
         return render_prompt(self._records[index][self.prompt_column], tokenizer)
 
-    def reward_columns(self, indices: Sequence[int], repeats: int = 1) -> dict[str, list[Any]]:
+    def columns_for(self, indices: Sequence[int], repeat: int = 1) -> dict[str, list[Any]]:
         """Extra columns for a prompt-major rollout batch: each row of ``indices`` repeated
-        ``repeats`` times in a row, so the lists align with the batch's completions. A row that
+        ``repeat`` times in a row, so the lists align with the batch's completions. A row that
         lacks a column (JSONL rows may differ) gives None."""
         return {
-            column: [self._records[i].get(column) for i in indices for _ in range(repeats)]
+            column: [self._records[i].get(column) for i in indices for _ in range(repeat)]
             for column in self.extra_columns
         }
 
@@ -209,7 +209,8 @@ def _read_json(path: Path, source: str) -> list[_Row]:
             records = json.loads(text)
         except json.JSONDecodeError as error:
             location = f"line {error.lineno}"
-            raise DataError(source, [DataProblem(source, location, None, f"not valid JSON ({error.msg})")])
+            problem = DataProblem(source, location, None, f"not valid JSON ({error.msg})")
+            raise DataError(source, [problem]) from error
         return [(f"row {i}", record) for i, record in enumerate(records)]
     rows: list[_Row] = []
     for line_number, line in enumerate(text.splitlines(), start=1):

@@ -25,7 +25,11 @@ def test_equivalent_answers_score_and_wrong_ones_do_not():
 
 
 def test_missing_or_unparseable_gold_gives_none():
-    assert call(math_verify(reward=2.0), ["72", "72", "72"], ["72", None, "not math at all"]) == [2.0, None, None]
+    assert call(math_verify(reward=2.0), ["72", "72", "72"], ["72", None, "not math at all"]) == [
+        2.0,
+        None,
+        None,
+    ]
 
 
 def test_an_exception_while_checking_one_sample_scores_it_zero(monkeypatch):

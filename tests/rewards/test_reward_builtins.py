@@ -127,7 +127,10 @@ def test_exact_match_names_a_missing_column():
 
 def test_length_reward_in_chars_and_tokens():
     assert call(length(target_length=10), ["a" * 10, "a" * 5, "a" * 25]) == [1.0, 0.5, 0.0]
-    assert call(length(target_length=10, unit="tokens"), ["x", "y"], completion_lengths=[10, 15]) == [1.0, 0.5]
+    assert call(length(target_length=10, unit="tokens"), ["x", "y"], completion_lengths=[10, 15]) == [
+        1.0,
+        0.5,
+    ]
     with pytest.raises(ValueError, match="completion_lengths"):
         call(length(target_length=10, unit="tokens"), ["x"])
 

@@ -56,7 +56,9 @@ def test_module_function_with_bound_kwargs(tmp_path, monkeypatch):
 
 def test_file_path_function_receives_only_what_it_declares(tmp_path):
     path = tmp_path / "reward_file.py"
-    path.write_text("def matches(completions, answer):\n    return [float(c == a) for c, a in zip(completions, answer)]\n")
+    path.write_text(
+        "def matches(completions, answer):\n    return [float(c == a) for c, a in zip(completions, answer)]\n"
+    )
     reward = load_reward(f"{path}:matches")
     assert call(reward, ["4", "5"], answer=["4", "4"], unrelated=[1, 2]) == [1.0, 0.0]
 

@@ -47,7 +47,9 @@ class _GroupStats:
 
     def __init__(self, rewards: Tensor, group_ids: Tensor, ddof: int):
         if rewards.dim() != 1 or group_ids.shape != rewards.shape:
-            raise ValueError(f"rewards and group_ids must both be [B]; got {rewards.shape} and {group_ids.shape}")
+            raise ValueError(
+                f"rewards and group_ids must both be [B]; got {rewards.shape} and {group_ids.shape}"
+            )
         r = rewards.detach().to(torch.float64)
         self.valid = ~torch.isnan(r)
         _, self.row_group = torch.unique(group_ids, return_inverse=True)
@@ -172,9 +174,7 @@ def combine_rewards(
     if mode == "sum_then_normalize":
         summed = torch.nansum(r * w, dim=1)
         summed = torch.where(scorable, summed, float("nan"))
-        return group_advantages(
-            summed, group_ids, scale=scale, std=std, eps=eps, zero_std_rtol=zero_std_rtol
-        )
+        return group_advantages(summed, group_ids, scale=scale, std=std, eps=eps, zero_std_rtol=zero_std_rtol)
 
     per_column = torch.stack(
         [_group_advantages64(r[:, k], group_ids, scale, std, eps, zero_std_rtol) for k in range(r.shape[1])],

@@ -79,19 +79,27 @@ def _forward_chunk(z: Tensor, labels: Tensor, with_entropy: bool) -> tuple[Tenso
     return logp, lse, lse - expected_z
 
 
-def _grad_z_chunk(
-    z: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor | None, g: Tensor | None, h: Tensor | None
+def _grad_logits_chunk(
+    z: Tensor,
+    labels: Tensor,
+    lse: Tensor,
+    entropy: Tensor | None,
+    g: Tensor | None,
+    h: Tensor | None,
+    temperature: float,
 ) -> Tensor:
-    """∂L/∂z for one chunk (see the module docstring), written in place into a fresh buffer."""
+    """∂L/∂logits = (1/τ)·∂L/∂z for one chunk (formula in the module docstring), in few passes over [n, V]."""
     p = (z - lse.unsqueeze(-1)).exp_()
     g = torch.zeros_like(lse) if g is None else g.to(z.dtype)
     if h is None:
-        grad = p.mul_(-g.unsqueeze(-1))
+        grad = p.mul_((-g / temperature).unsqueeze(-1))
     else:
-        grad = z - (lse - entropy).unsqueeze(-1)  # log p_v + H
-        grad.mul_(h.to(z.dtype).unsqueeze(-1)).add_(g.unsqueeze(-1)).mul_(p).neg_()
+        # −p·(g + h·(z − lse + H)) = p·(−h·z − g − h·(H − lse)); 1/τ folded into the per-row coefficients
+        h = h.to(z.dtype)
+        row_offset = (-(g + h * (entropy - lse)) / temperature).unsqueeze(-1)
+        grad = torch.addcmul(row_offset, z, (-h / temperature).unsqueeze(-1)).mul_(p)
         del p
-    grad.scatter_add_(-1, labels.unsqueeze(-1), g.unsqueeze(-1))
+    grad.scatter_add_(-1, labels.unsqueeze(-1), (g / temperature).unsqueeze(-1))
     return grad
 
 
@@ -126,15 +134,15 @@ class _ChunkedFromLogits(torch.autograd.Function):
         flat_grad = grad_logits.view(B * T, V)
         for s, e in _chunks(B * T, ctx.chunk_size):
             z = _scaled_logits(_row_chunk(logits, s, e), dtype, ctx.temperature)
-            grad_z = _grad_z_chunk(
+            flat_grad[s:e] = _grad_logits_chunk(
                 z,
                 flat_labels[s:e],
                 lse[s:e],
                 entropy[s:e] if h_all is not None else None,
                 None if g_all is None else g_all[s:e],
                 None if h_all is None else h_all[s:e],
+                ctx.temperature,
             )
-            flat_grad[s:e] = grad_z.div_(ctx.temperature)
         return grad_logits, None, None, None, None
 
 
@@ -147,7 +155,9 @@ class _ChunkedFromHidden(torch.autograd.Function):
         logp, lse = hidden.new_empty(B * T, dtype=dtype), hidden.new_empty(B * T, dtype=dtype)
         entropy = hidden.new_empty(B * T if with_entropy else 0, dtype=dtype)
         for s, e in _chunks(B * T, chunk_size):
-            z = _scaled_logits(F.linear(_row_chunk(hidden, s, e).to(weight.dtype), weight, bias), dtype, temperature)
+            z = _scaled_logits(
+                F.linear(_row_chunk(hidden, s, e).to(weight.dtype), weight, bias), dtype, temperature
+            )
             logp[s:e], lse[s:e], chunk_entropy = _forward_chunk(z, flat_labels[s:e], with_entropy)
             if with_entropy:
                 entropy[s:e] = chunk_entropy
@@ -166,28 +176,35 @@ class _ChunkedFromHidden(torch.autograd.Function):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         g_all = None if grad_logp is None else grad_logp.reshape(-1)
         h_all = None if (grad_entropy is None or not ctx.with_entropy) else grad_entropy.reshape(-1)
-        grad_hidden = torch.empty((B, T, H), dtype=hidden.dtype, device=hidden.device) if need_hidden else None
+        grad_hidden = (
+            torch.empty((B, T, H), dtype=hidden.dtype, device=hidden.device) if need_hidden else None
+        )
         # Accumulate the weight gradient over chunks in at least float32: bf16 sums drift over many chunks.
         acc_dtype = torch.promote_types(weight.dtype, torch.float32)
-        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
+        )
         grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_bias else None
         for s, e in _chunks(B * T, ctx.chunk_size):
             rows = _row_chunk(hidden, s, e).to(weight.dtype)
             z = _scaled_logits(F.linear(rows, weight, bias), dtype, ctx.temperature)
-            grad_z = _grad_z_chunk(
+            grad_z = _grad_logits_chunk(
                 z,
                 flat_labels[s:e],
                 lse[s:e],
                 entropy[s:e] if h_all is not None else None,
                 None if g_all is None else g_all[s:e],
                 None if h_all is None else h_all[s:e],
+                ctx.temperature,
             )
             del z
-            grad_logits = grad_z.div_(ctx.temperature).to(weight.dtype)
+            grad_logits = grad_z.to(weight.dtype)
             if need_hidden:
                 grad_hidden.view(B * T, H)[s:e] = grad_logits @ weight
-            if need_weight:
-                grad_weight += grad_logits.T @ rows
+            if need_weight and grad_weight.dtype == rows.dtype:
+                grad_weight.addmm_(grad_logits.T, rows)  # in place: no [V, H] temporary per chunk
+            elif need_weight:
+                grad_weight += (grad_logits.T @ rows).to(acc_dtype)
             if need_bias:
                 grad_bias += grad_z.sum(dim=0)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
@@ -247,7 +264,9 @@ def logprobs_and_entropy_from_hidden(
     return logp, entropy if with_entropy else None
 
 
-def naive_logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def naive_logprobs_and_entropy(
+    logits: Tensor, labels: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Reference implementation: a full [B, T, V] log-softmax (tests and benchmarks only)."""
     log_probs = torch.log_softmax(logits.to(_compute_dtype(logits)) / temperature, dim=-1)
     logp = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)

@@ -21,8 +21,9 @@ BEHAVIOUR_LEVELS = ("token", "sequence", "geometric")
 _LEVELS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "token": lambda log_rho, m: log_rho,
     "sequence": lambda log_rho, m: (log_rho * m).sum(-1, keepdim=True).expand_as(log_rho),
-    "geometric": lambda log_rho, m: ((log_rho * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1))
-    .expand_as(log_rho),
+    "geometric": lambda log_rho, m: (
+        (log_rho * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
+    ).expand_as(log_rho),
 }
 
 

@@ -1,9 +1,9 @@
 """The policy loss of one (micro-)batch, composed from a :class:`~grpokit.algorithms.presets.Preset`.
 
-    ratio (token | sequence | GSPO-token)  →  surrogate (PPO clip | CISPO)
-    →  token selection (Clip-Cov detach, KL-Cov penalty, top-entropy mask)
-    →  × behaviour IS weights (TIS | MIS, optionally self-normalised)
-    →  + β·KL(π_θ ‖ π_ref) − entropy_coef·H  →  aggregate with the global denominators
+ratio (token | sequence | GSPO-token)  →  surrogate (PPO clip | CISPO)
+→  token selection (Clip-Cov detach, KL-Cov penalty, top-entropy mask)
+→  × behaviour IS weights (TIS | MIS, optionally self-normalised)
+→  + β·KL(π_θ ‖ π_ref) − entropy_coef·H  →  aggregate with the global denominators
 """
 
 from __future__ import annotations
@@ -171,6 +171,11 @@ def policy_loss(
             per_token = per_token - preset.entropy_coef * entropy
 
     loss = aggregate_loss(
-        per_token, mask, preset.aggregation, num_sequences=num_sequences, num_tokens=num_tokens, max_len=max_len
+        per_token,
+        mask,
+        preset.aggregation,
+        num_sequences=num_sequences,
+        num_tokens=num_tokens,
+        max_len=max_len,
     )
     return loss, metrics

@@ -61,7 +61,9 @@ class Preset:
     std: str = "unbiased"  # std of the z-score: "unbiased" (n−1, torch/TRL default) | "population" (n)
     advantage_eps: float = 1e-4  # added to the std before dividing (TRL's value)
     num_generations: int = 8  # completions per prompt, G
-    multi_reward: str = "sum_then_normalize"  # several reward functions: TRL default | "normalize_then_sum" (GDPO)
+    multi_reward: str = (
+        "sum_then_normalize"  # several reward functions: TRL default | "normalize_then_sum" (GDPO)
+    )
     # --- ratio and surrogate ---
     ratio_level: str = "token"  # "token" | "sequence" (GSPO, one ratio per completion) | "sequence_token"
     surrogate: str = "ppo_clip"  # "ppo_clip" | "cispo" (clipped, detached IS weight × log π)
@@ -101,7 +103,9 @@ class Preset:
             if isinstance(value, dict):  # from YAML
                 object.__setattr__(self, name, _from_dict(config_type, value, f"{name}."))
             elif value is not None and not isinstance(value, config_type):
-                raise ValueError(f"Preset field {name!r} must be None or a {config_type.__name__}, got {value!r}")
+                raise ValueError(
+                    f"Preset field {name!r} must be None or a {config_type.__name__}, got {value!r}"
+                )
         for message, ok in _numeric_checks(self):
             if not ok:
                 raise ValueError(f"Preset {self.name!r}: {message}")
@@ -218,4 +222,3 @@ def get_preset(name: str, **overrides: Any) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
-

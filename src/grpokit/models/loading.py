@@ -154,14 +154,40 @@ def _gguf_dequantized_config(gguf_file: str) -> dict[str, Any]:
     return {"quantization_config": GgufConfig(gguf_file=gguf_file, dequantize=True)}
 
 
+def _enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute layer activations in backward (renamed from gradient checkpointing in transformers 5)."""
+    # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _is_adapter_dir(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
+
+
+def _lora_model(model: nn.Module, lora: LoraSettings) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    target_modules = lora.target_modules
+    if not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+    peft_config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target_modules,
+    )
+    return get_peft_model(model, peft_config)
 
 
 def load_policy(
     model_name_or_path: str | os.PathLike,
     *,
-    tokenizer_name_or_path: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
     dtype: str | torch.dtype = "float32",
     gguf_file: str | None = None,
     gradient_checkpointing: bool = False,
@@ -176,11 +202,15 @@ def load_policy(
     weights are dequantized to `dtype` so they can be trained). A directory saved by
     `save_policy(..., merged=False)` (it holds `adapter_config.json`) loads its base model and
     that adapter, trainable; `lora` is then ignored. Otherwise `lora` adds a fresh adapter.
-    The tokenizer comes from `tokenizer_name_or_path` (default: the model's path and GGUF file).
+    tokenizer: a tokenizer, or where to load one from (default: the model's directory, or the
+    GGUF file's metadata with `gguf_file`); see `load_tokenizer`.
     """
     from transformers import AutoModelForCausalLM
 
-    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **_dtype_kwarg(_torch_dtype(dtype))}
+    load_kwargs: dict[str, Any] = {
+        "trust_remote_code": trust_remote_code,
+        **_dtype_kwarg(_torch_dtype(dtype)),
+    }
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation
 
@@ -199,36 +229,23 @@ def load_policy(
     if device is not None:
         model.to(device)
     if gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    is_lora = adapter_dir is not None or lora is not None
+        _enable_activation_checkpointing(model)
     if adapter_dir is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     elif lora is not None:
-        from peft import LoraConfig, get_peft_model
+        model = _lora_model(model, lora)
 
-        target_modules = lora.target_modules
-        if not isinstance(target_modules, str):
-            target_modules = list(target_modules)
-        peft_config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=target_modules,
+    if tokenizer is None:
+        tokenizer = load_tokenizer(
+            adapter_dir or model_name_or_path,
+            gguf_file=None if adapter_dir else gguf_file,
+            trust_remote_code=trust_remote_code,
         )
-        model = get_peft_model(model, peft_config)
-
-    if tokenizer_name_or_path is not None:
-        tokenizer = load_tokenizer(tokenizer_name_or_path, trust_remote_code=trust_remote_code)
-    elif adapter_dir is not None:
-        tokenizer = load_tokenizer(adapter_dir, trust_remote_code=trust_remote_code)
-    else:
-        tokenizer = load_tokenizer(model_name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
-    return Policy(model, tokenizer, is_lora=is_lora)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    return Policy(model, tokenizer, is_lora=adapter_dir is not None or lora is not None)
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
@@ -274,3 +291,31 @@ def save_policy(policy: Policy, directory: str | os.PathLike, *, merged: bool = 
         _save_full_model(policy.model, directory)
     policy.tokenizer.save_pretrained(directory)
     return directory
+
+
+def load_policy_weights(policy: Policy, directory: str | os.PathLike) -> None:
+    """Copy weights saved by `save_policy` into `policy`, in place (optimizer references stay valid).
+
+    LoRA policies need an adapter-only save (`merged=False`): merged weights cannot be split back
+    into base + adapter. Full policies load a regular checkpoint. The reference copy is untouched.
+    """
+    directory = Path(directory)
+    if policy.is_lora:
+        if not _is_adapter_dir(directory):
+            raise ValueError(
+                f"{directory} holds no adapter_config.json: a LoRA policy resumes from an adapter save"
+            )
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        result = set_peft_model_state_dict(policy.model, load_peft_weights(str(directory)))
+        if result.unexpected_keys:
+            raise ValueError(
+                f"adapter weights in {directory} do not fit this policy: {result.unexpected_keys[:5]}"
+            )
+        return
+    from transformers import AutoModelForCausalLM
+
+    dtype = next(policy.model.parameters()).dtype
+    saved = AutoModelForCausalLM.from_pretrained(directory, **_dtype_kwarg(dtype))
+    policy.model.load_state_dict(saved.state_dict())

@@ -9,7 +9,6 @@ positions only and the chunked log-softmax runs on those.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 # Config fields that change logits after the lm_head matmul; the hidden-state path would miss them.

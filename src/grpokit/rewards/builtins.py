@@ -60,7 +60,11 @@ def extract_last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-_EXTRACTORS = {"full": lambda text: text, "xml_answer": extract_xml_answer, "last_number": extract_last_number}
+_EXTRACTORS = {
+    "full": lambda text: text,
+    "xml_answer": extract_xml_answer,
+    "last_number": extract_last_number,
+}
 
 
 def _column(columns: dict[str, Any], name: str, reward: str) -> list[Any]:

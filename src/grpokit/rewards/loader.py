@@ -40,6 +40,7 @@ BUILTIN_REWARDS: dict[str, BuiltinReward] = {
     "reward_model": BuiltinReward(reward_model.reward_model),
 }
 
+
 def load_reward(
     spec: RewardSpec | str | Callable[..., Any],
     *,

@@ -67,10 +67,14 @@ class RewardModelScorer:
         config = self.model.config
         num_labels = config.num_labels
         # Recent transformers may keep only one of the two maps; rebuild names from either.
-        label_ids = dict(config.label2id or {}) or {name: int(i) for i, name in (config.id2label or {}).items()}
+        label_ids = dict(config.label2id or {}) or {
+            name: int(i) for i, name in (config.id2label or {}).items()
+        }
         if label is None:
             if num_labels != 1:
-                raise ValueError(f"reward_model has {num_labels} labels {list(label_ids)}: choose one with label=")
+                raise ValueError(
+                    f"reward_model has {num_labels} labels {list(label_ids)}: choose one with label="
+                )
             return 0
         if isinstance(label, str):
             if label not in label_ids:

@@ -80,7 +80,8 @@ class RewardRunner:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.rewards = list(rewards)
         self.names = names
-        self.weights = torch.tensor([float(r.weight) for r in rewards], dtype=torch.float32)
+        self.weights = [float(r.weight) for r in rewards]
+        self._weight_tensor = torch.tensor(self.weights, dtype=torch.float32)
         self.on_error = on_error
         self.max_workers = max_workers or min(8, len(rewards))
 
@@ -110,9 +111,9 @@ class RewardRunner:
                     raise error
                 logger.warning("%s; its scores are None for this batch of %d", error, batch_size)
                 errors.append(error)
-        total = (matrix * self.weights).sum(dim=1)
+        total = (matrix * self._weight_tensor).sum(dim=1)
         metrics = _metrics(self.names, matrix, total, outcomes, errors)
-        return RewardResult(list(self.names), self.weights.clone(), matrix, total, metrics, errors)
+        return RewardResult(list(self.names), self._weight_tensor.clone(), matrix, total, metrics, errors)
 
     def _run_all(self, arguments: dict[str, list[Any]]) -> list[_Outcome]:
         """Run every reward once; rewards that ask for the main thread (and have no timeout) run
@@ -180,7 +181,9 @@ def _call_arguments(
     batch_size = len(arguments["completions"])
     wrong = {name: len(values) for name, values in arguments.items() if len(values) != batch_size}
     if wrong:
-        raise ValueError(f"every reward argument must have {batch_size} entries (one per completion), got {wrong}")
+        raise ValueError(
+            f"every reward argument must have {batch_size} entries (one per completion), got {wrong}"
+        )
     return arguments
 
 
@@ -206,7 +209,9 @@ def _invoke(reward: Reward, arguments: dict[str, list[Any]]) -> _Outcome:
     return _Outcome(value=value, seconds=time.perf_counter() - start)
 
 
-def _first_failing_sample(reward: Reward, arguments: dict[str, list[Any]], budget_seconds: float) -> int | None:
+def _first_failing_sample(
+    reward: Reward, arguments: dict[str, list[Any]], budget_seconds: float
+) -> int | None:
     """Index of the first sample on which ``reward`` alone raises, or None if none does (the
     failure needs the whole batch) or ``budget_seconds`` run out."""
     end = time.perf_counter() + budget_seconds

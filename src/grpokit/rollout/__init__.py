@@ -2,7 +2,14 @@
 
 from grpokit.rollout.engine import RolloutEngine
 from grpokit.rollout.inprocess import InProcessEngine
-from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams, concat
+from grpokit.rollout.types import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    RolloutBatch,
+    SamplingParams,
+    concat,
+    concat_rollouts,
+)
 
 __all__ = [
     "FINISH_LENGTH",
@@ -12,4 +19,5 @@ __all__ = [
     "RolloutEngine",
     "SamplingParams",
     "concat",
+    "concat_rollouts",
 ]

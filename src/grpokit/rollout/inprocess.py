@@ -216,7 +216,15 @@ class InProcessEngine:
                 next_position = next_position + 1
 
         return self._assemble(
-            prompts, n, prompt_ids, prompt_mask, group_ids, tokens_per_step, logp_per_step, live_per_step, stopped
+            prompts,
+            n,
+            prompt_ids,
+            prompt_mask,
+            group_ids,
+            tokens_per_step,
+            logp_per_step,
+            live_per_step,
+            stopped,
         )
 
     def _assemble(

@@ -67,7 +67,9 @@ class RolloutBatch:
         if self.prompt_mask.shape != self.prompt_ids.shape:
             raise ValueError("RolloutBatch: prompt_mask and prompt_ids differ in shape")
         if not self.completion_ids.shape == self.completion_mask.shape == self.behaviour_logprobs.shape:
-            raise ValueError("RolloutBatch: completion_ids, completion_mask, behaviour_logprobs differ in shape")
+            raise ValueError(
+                "RolloutBatch: completion_ids, completion_mask, behaviour_logprobs differ in shape"
+            )
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -95,8 +97,8 @@ class RolloutBatch:
 
     @staticmethod
     def concat(batches: Sequence[RolloutBatch], *, pad_token_id: int = 0) -> RolloutBatch:
-        """See the module-level `concat`."""
-        return concat(batches, pad_token_id=pad_token_id)
+        """See the module-level `concat_rollouts`."""
+        return concat_rollouts(batches, pad_token_id=pad_token_id)
 
     def to(self, device: str | torch.device) -> RolloutBatch:
         """A copy with every tensor on `device` (the lists are shared)."""
@@ -140,7 +142,7 @@ def _pad_to(tensor: Tensor, width: int, value: float, *, left: bool) -> Tensor:
     return torch.cat([padding, tensor] if left else [tensor, padding], dim=1)
 
 
-def concat(batches: Sequence[RolloutBatch], *, pad_token_id: int = 0) -> RolloutBatch:
+def concat_rollouts(batches: Sequence[RolloutBatch], *, pad_token_id: int = 0) -> RolloutBatch:
     """Merge batches (e.g. several generation rounds) into one, rows in order.
 
     Prompts are left-padded and completions right-padded to the widest batch with `pad_token_id`
@@ -164,7 +166,9 @@ def concat(batches: Sequence[RolloutBatch], *, pad_token_id: int = 0) -> Rollout
         completion_ids=torch.cat(
             [_pad_to(b.completion_ids, completion_width, pad_token_id, left=False) for b in batches]
         ),
-        completion_mask=torch.cat([_pad_to(b.completion_mask, completion_width, 0, left=False) for b in batches]),
+        completion_mask=torch.cat(
+            [_pad_to(b.completion_mask, completion_width, 0, left=False) for b in batches]
+        ),
         behaviour_logprobs=torch.cat(
             [_pad_to(b.behaviour_logprobs, completion_width, 0.0, left=False) for b in batches]
         ),
@@ -173,3 +177,6 @@ def concat(batches: Sequence[RolloutBatch], *, pad_token_id: int = 0) -> Rollout
         prompts=[p for b in batches for p in b.prompts],
         completions=[c for b in batches for c in b.completions],
     )
+
+
+concat = concat_rollouts  # short alias

@@ -15,6 +15,7 @@ Which advantage, ratio, clip, aggregation and corrections apply is the preset's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ log = logging.getLogger("grpokit.trainer")
 
 # The curves drawn to metrics.png at the end of a run (fnmatch patterns over the logged names).
 LM_PLOT_KEYS = (
-    "reward/mean", "reward/*/mean", "eval/*", "frac_reward_zero_std", "train/kl", "train/entropy_mean",
+    "reward/mean", "rewards/*/mean", "eval/*", "frac_reward_zero_std", "train/kl", "train/entropy_mean",
     "train/clip_frac_*", "train/ratio_mean", "completion/length_mean", "completion/truncated_frac",
     "train/grad_norm", "train/learning_rate", "time/rollout_tokens_per_second",
 )
@@ -79,6 +80,8 @@ class LMTrainer:
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.reference_needed = preset.beta > 0
+        if self.reference_needed and not policy.has_reference:
+            policy.make_reference()  # a frozen copy; with LoRA the adapter-disabled base serves instead
 
     # ------------------------------------------------------------------ set-up
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -156,10 +159,10 @@ class LMTrainer:
         names = list(result.names)
         if self.preset.soft_overlong:
             max_len = self.config.rollout.max_new_tokens
-            cache = min(self.preset.overlong_cache_len, max_len // 4)
+            cache = self.preset.overlong_cache_len or max(1, max_len // 5)
             penalty = soft_overlong_penalty(rollout.completion_mask.sum(1), max_len=max_len, cache_len=cache)
             rewards = torch.cat([rewards, penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
-            names.append("soft_overlong")
+            names.append("preset/soft_overlong")
         total = _weighted_total(rewards, self._reward_weights(len(names)))
         return ScoredRollout(rollout=rollout, rewards=rewards, reward_names=names, total_reward=total,
                              prompt_indices=list(indices), reward_metrics=result.metrics)
@@ -202,20 +205,20 @@ class LMTrainer:
     @torch.no_grad()
     def _logprobs_no_grad(self, batch: TrainingBatch, *, reference: bool) -> Tensor:
         out = torch.zeros_like(batch.behaviour_logprobs)
-        rows_all = torch.arange(len(batch))
-        for rows in micro_batch_rows(rows_all, self.config.training.micro_batch_size):
-            micro = batch.select(rows)
-            with self.policy.reference() if reference else _nullcontext():
-                logp, _ = self._forward_logprobs(micro, with_entropy=False)
-            out[rows, : logp.shape[1]] = logp
+        with self.policy.reference() if reference else contextlib.nullcontext(self.model) as model:
+            for rows in micro_batch_rows(torch.arange(len(batch)), self.config.training.micro_batch_size):
+                micro = batch.select(rows)
+                logp, _ = self._forward_logprobs(micro, model=model, with_entropy=False)
+                out[rows, : logp.shape[1]] = logp
         return out
 
-    def _forward_logprobs(self, micro: TrainingBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    def _forward_logprobs(self, micro: TrainingBatch, *, model=None,
+                          with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         from grpokit.models.logprobs import sequence_logprobs
 
         input_ids, attention_mask, num_completion = model_inputs(micro)
         return sequence_logprobs(
-            self.model, input_ids, attention_mask, num_completion,
+            model if model is not None else self.model, input_ids, attention_mask, num_completion,
             temperature=self.config.rollout.temperature, with_entropy=with_entropy,
             chunk_size=self.config.training.logprob_chunk_size,
         )
@@ -256,7 +259,7 @@ class LMTrainer:
             )
             self._backward(loss)
             share = float(micro.loss_mask.sum()) / max(num_tokens, 1)
-            stats["loss"] = stats.get("loss", 0.0) + float(loss)
+            stats["loss"] = stats.get("loss", 0.0) + float(loss.detach())
             for key, value in metrics.items():
                 value = float(value)
                 if key.endswith("_max"):
@@ -413,24 +416,19 @@ def _config_dict(config: LMTrainConfig) -> dict:
     return to_dict(config)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 
 def step_metrics(scored: ScoredRollout, batch: TrainingBatch, update_stats: dict[str, float]) -> dict[str, float]:
     """What a user needs to see for one step: rewards, lengths, zero-std groups, and the update's stats."""
     rollout = scored.rollout
-    metrics: dict[str, float] = {}
+    # Per reward function: the runner's mean/std/None count/errors/seconds over everything sampled.
+    metrics: dict[str, float] = {k: float(v) for k, v in scored.reward_metrics.items()
+                                 if isinstance(v, (int, float))}
     for k, name in enumerate(scored.reward_names):
-        values = scored.rewards[:, k]
-        values = values[~torch.isnan(values)]
-        metrics[f"reward/{name}/mean"] = float(values.mean()) if len(values) else float("nan")
-        metrics[f"reward/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0
+        if f"rewards/{name}/mean" not in metrics:  # shaping terms the preset added
+            values = scored.rewards[:, k]
+            metrics[f"rewards/{name}/mean"] = float(values[~torch.isnan(values)].mean())
     total = scored.total_reward[~torch.isnan(scored.total_reward)]
     metrics["reward/mean"] = float(total.mean()) if len(total) else float("nan")
     metrics["reward/std"] = float(total.std()) if len(total) > 1 else 0.0
@@ -444,8 +442,5 @@ def step_metrics(scored: ScoredRollout, batch: TrainingBatch, update_stats: dict
     metrics["advantage/abs_mean"] = float(batch.advantages.abs().mean())
     metrics["dynamic_sampling/dropped_groups"] = float(scored.dropped_groups)
     metrics["dynamic_sampling/rounds"] = float(scored.generation_rounds)
-    for key, value in scored.reward_metrics.items():
-        if isinstance(value, (int, float)):
-            metrics[f"reward_info/{key}"] = float(value)
     metrics.update({f"train/{k}": v for k, v in update_stats.items()})
     return metrics

@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 from grpokit.algorithms.presets import get_preset
+from grpokit.config_schema import ConfigError
 from grpokit.trainers.lm import LMTrainer
 from grpokit.trainers.lm_config import LMTrainConfig
 
 
 def build_preset(config: LMTrainConfig):
-    preset = get_preset(config.algorithm.preset, **config.algorithm.overrides)
+    try:
+        preset = get_preset(config.algorithm.preset, **config.algorithm.overrides)
+    except ValueError as error:
+        raise ConfigError(f"algorithm: {error}") from error
     if config.rollout.num_generations is not None:
         preset = dataclasses.replace(preset, num_generations=config.rollout.num_generations)
     return preset
@@ -52,9 +56,11 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
     preset = build_preset(config)
     reward_runner = reward_runner or build_rewards(config)
     if train_data is None:
-        train_data = load_prompt_dataset(config.data.path, prompt_column=config.data.prompt_column)
+        train_data = load_prompt_dataset(config.data.path, prompt_column=config.data.prompt_column,
+                                         required_columns=config.data.required_columns)
     if eval_data is None and config.data.eval_path:
-        eval_data = load_prompt_dataset(config.data.eval_path, prompt_column=config.data.prompt_column)
+        eval_data = load_prompt_dataset(config.data.eval_path, prompt_column=config.data.prompt_column,
+                                        required_columns=config.data.required_columns)
     policy = policy or build_policy(config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     policy.model.to(accelerator.device)

@@ -36,6 +36,7 @@ class ModelConfig:
 class DataConfig:
     path: str = ""  # JSONL, CSV, Parquet or a `datasets.save_to_disk` directory
     prompt_column: str = "prompt"  # text or chat messages
+    required_columns: list[str] = field(default_factory=list)  # checked on every row before training
     eval_path: str | None = None  # held-out prompts for evaluation
     shuffle: bool = True
 

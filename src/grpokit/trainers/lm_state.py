@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grpokit.checkpoint import CheckpointManager
+from grpokit.checkpoint import CheckpointManager, model_dir
 
 
 def _manager(trainer) -> CheckpointManager:
@@ -42,10 +42,10 @@ def resume_latest(trainer) -> bool:
     if path is None:
         return False
     state = manager.load(path, optimizer=trainer.optimizer, scheduler=trainer.scheduler, restore_rng=True)
-    model_dir = manager.model_dir(path)
-    if trainer.policy.is_lora and (model_dir / "adapter").is_dir():
-        model_dir = model_dir / "adapter"
-    load_policy_weights(trainer.policy, model_dir)
+    weights = model_dir(path)
+    if trainer.policy.is_lora and (weights / "adapter").is_dir():
+        weights = weights / "adapter"
+    load_policy_weights(trainer.policy, weights)
     trainer.step = int(state["step"])
     extra = state["extra_state"]
     trainer.sampler.load_state_dict(extra["sampler"])

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from grpokit.models.loading import Policy
+from grpokit.monitoring import read_metrics
+from grpokit.rewards import RewardError, RewardRunner, load_reward
+
+
+def _losses(run_dir) -> list[float]:
+    return [r["train/loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
+
+
+def _length_reward(completions, **_):
+    return [float(len(c)) for c in completions]
+
+
+def test_a_run_logs_every_metric_a_user_needs_and_checkpoints(tmp_path, make_trainer, make_policy):
+    trainer = make_trainer(tmp_path, logging={"plot": True, "tensorboard": True})
+    trainer.train()
+    run = tmp_path / "run"
+    records = read_metrics(run / "metrics.jsonl")
+    step_records = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in step_records] == [1, 2]
+    expected = {"reward/mean", "rewards/exact_match/mean", "rewards/exact_match/std", "frac_reward_zero_std",
+                "completion/length_mean", "completion/length_max", "completion/truncated_frac",
+                "train/entropy_mean", "train/clip_frac_low", "train/clip_frac_high", "train/ratio_mean",
+                "train/ratio_min", "train/ratio_max", "train/grad_norm", "train/learning_rate",
+                "time/rollout_seconds", "time/train_seconds", "time/rollout_tokens_per_second"}
+    assert expected <= set(step_records[0])
+    assert "eval/greedy_accuracy" in records[0] and records[0]["step"] == 0
+    assert (run / "metrics.png").stat().st_size > 10_000
+    assert list((run / "tb").iterdir())
+    assert (run / "checkpoints" / "latest").exists()
+
+
+def test_resumed_run_reproduces_uninterrupted_losses_to_the_bit(tmp_path, make_trainer, make_policy):
+    sections = dict(training={"max_steps": 4, "num_iterations": 2, "mini_batches": 2},
+                    checkpoint={"every_steps": 2})
+    full = make_trainer(tmp_path / "full", **sections)
+    full.train()
+
+    interrupted = make_trainer(tmp_path / "resumed", training={"max_steps": 2, "num_iterations": 2, "mini_batches": 2},
+                           checkpoint={"every_steps": 2})
+    interrupted.train()
+    # A new process would rebuild everything from scratch: a fresh (differently initialised) policy.
+    resumed = make_trainer(tmp_path / "resumed", policy=make_policy(seed=123), **sections)
+    resumed.train()
+    assert _losses(tmp_path / "resumed" / "run") == _losses(tmp_path / "full" / "run")
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_micro_batching_does_not_change_the_update(tmp_path, make_trainer, make_policy):
+    one = make_trainer(tmp_path / "a", training={"max_steps": 1, "micro_batch_size": 16})
+    many = make_trainer(tmp_path / "b", training={"max_steps": 1, "micro_batch_size": 3})
+    one.train()
+    many.train()
+    for a, b in zip(one.model.parameters(), many.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_lora_run_trains_only_the_adapter_and_uses_the_base_as_reference(tmp_path, make_trainer, make_policy):
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    base = make_policy()
+    model = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    policy = Policy(model, base.tokenizer, is_lora=True)
+    frozen_before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    # A reward every completion gets a different score from, so the adapter has something to learn.
+    runner = RewardRunner([load_reward(_length_reward, name="length")])
+    trainer = make_trainer(tmp_path, policy=policy, rewards=runner,
+                           algorithm={"preset": "grpo", "overrides": {"beta": 0.04}},
+                           training={"learning_rate": 1e-2, "max_steps": 3})
+    trainer.train()
+    for name, param in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(param, frozen_before[name]), name
+    kls = [r["train/kl"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/kl" in r]
+    assert kls and kls[-1] > 0  # the adapter moved away from the base model, and the KL sees it
+    assert (tmp_path / "run" / "checkpoints" / "latest").exists()
+    assert not policy.has_reference or policy.is_lora  # no second copy of the model was made
+
+
+def test_multi_reward_run_logs_each_reward_separately(tmp_path, make_trainer, make_policy):
+    runner = RewardRunner([load_reward("exact_match", weight=1.0),
+                           load_reward(_length_reward, name="length", weight=0.1)])
+    trainer = make_trainer(tmp_path, rewards=runner)
+    trainer.train()
+    record = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r)
+    assert record["rewards/length/mean"] > 0
+    assert "rewards/exact_match/mean" in record
+
+
+def _raising_reward(completions, **_):
+    raise ZeroDivisionError("boom")
+
+
+def test_a_raising_reward_stops_the_run_with_its_name(tmp_path, make_trainer, make_policy):
+    runner = RewardRunner([load_reward(_raising_reward, name="fragile")], on_error="stop")
+    trainer = make_trainer(tmp_path, rewards=runner)
+    with pytest.raises(RewardError, match="fragile"):
+        trainer.train()
+
+
+def test_a_raising_reward_scored_as_none_is_masked_and_counted(tmp_path, make_trainer, make_policy):
+    runner = RewardRunner([load_reward("exact_match"), load_reward(_raising_reward, name="fragile")],
+                          on_error="none")
+    trainer = make_trainer(tmp_path, rewards=runner)
+    trainer.train()
+    record = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r)
+    assert record["reward/none_count"] == 16
+    assert record["rewards/fragile/errors"] >= 1
+    assert record["train/loss"] == 0.0  # every row masked: nothing to learn, nothing corrupted
+
+
+def test_dapo_dynamic_sampling_drops_zero_variance_groups(tmp_path, make_trainer, make_policy):
+    trainer = make_trainer(tmp_path, algorithm={"preset": "dapo"}, rollout={"max_dynamic_sampling_rounds": 2})
+    scored = trainer.sample(0)
+    # An untrained model gets every answer wrong; the soft overlong term is the only signal.
+    informative_rows = len(scored.rollout)
+    assert informative_rows % 4 == 0
+    assert scored.generation_rounds >= 1
+    assert json.dumps(scored.dropped_groups)
