@@ -45,6 +45,12 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise ConfigError(f"{path or 'config'}: {error}") from error
 
 
+def coerce_fields(cls: type, values: dict, path: str) -> dict:
+    """Check and convert `values` against the annotated types of `cls`'s fields (names left unchecked)."""
+    hints = typing.get_type_hints(cls)
+    return {k: (_coerce(hints[k], v, f"{path}.{k}") if k in hints else v) for k, v in values.items()}
+
+
 def _is_optional(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
@@ -97,6 +103,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads `1e-5` (no dot) as a string; accept any numeric string.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)

@@ -169,6 +169,8 @@ def combine_rewards(
         raise ValueError(f"rewards must be [B, K], got shape {tuple(rewards.shape)}")
     r = rewards.detach().to(torch.float64)
     w = _as_weights(weights, r.shape[1], r.device)
+    if r.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float32, device=r.device)
     scorable = valid_reward_mask(r)
 
     if mode == "sum_then_normalize":

@@ -42,7 +42,7 @@ def clip_cov_mask(
     bounds, paper and verl defaults 1 and 5) that are not in ``exclude`` (verl excludes tokens the PPO
     clip already zeroed). ``max(1, ⌊clip_ratio · N_valid⌋)`` of them are picked uniformly at random
     (``N_valid`` counts every valid token, not only the candidates; paper r = 2e-4), or all candidates if
-    fewer.
+    fewer. ``generator`` (a CPU generator) makes the draw reproducible.
     """
     valid = mask.bool()
     cov = token_covariance(logp, advantages, mask)

@@ -108,7 +108,7 @@ class _ChunkedFromLogits(torch.autograd.Function):
     def forward(ctx, logits: Tensor, labels: Tensor, temperature: float, chunk_size: int, with_entropy: bool):
         B, T, _ = logits.shape
         dtype = _compute_dtype(logits)
-        flat_labels = labels.reshape(-1)
+        flat_labels = labels.reshape(-1).long()
         logp, lse = logits.new_empty(B * T, dtype=dtype), logits.new_empty(B * T, dtype=dtype)
         entropy = logits.new_empty(B * T if with_entropy else 0, dtype=dtype)
         for s, e in _chunks(B * T, chunk_size):
@@ -151,7 +151,7 @@ class _ChunkedFromHidden(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, temperature: float, chunk_size: int, with_entropy: bool):
         B, T, _ = hidden.shape
         dtype = _compute_dtype(hidden, weight)
-        flat_labels = labels.reshape(-1)
+        flat_labels = labels.reshape(-1).long()
         logp, lse = hidden.new_empty(B * T, dtype=dtype), hidden.new_empty(B * T, dtype=dtype)
         entropy = hidden.new_empty(B * T if with_entropy else 0, dtype=dtype)
         for s, e in _chunks(B * T, chunk_size):

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from grpokit.algorithms import (
     combine_rewards,
+    kl_reward_penalty,
     overlong_filter_mask,
     policy_loss,
     rloo_advantages,
@@ -79,6 +80,7 @@ class LMTrainer:
         self.tokens_seen = 0
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
+        self.eval_history: list[tuple[int, dict[str, float]]] = []  # (step, eval metrics)
         self.reference_needed = preset.beta > 0
         if self.reference_needed and not policy.has_reference:
             policy.make_reference()  # a frozen copy; with LoRA the adapter-disabled base serves instead
@@ -174,24 +176,13 @@ class LMTrainer:
 
     # ------------------------------------------------------------------ 2. advantages and masks
     def prepare(self, scored: ScoredRollout) -> TrainingBatch:
+        """Old/ref log-probs, group-relative advantages and the loss mask for a scored rollout."""
         rollout = scored.rollout
-        rewards = scored.rewards.to(torch.float64)
-        weights = self._reward_weights(rewards.shape[1])
-        valid = ~torch.isnan(_weighted_total(rewards, weights))
-        if self.preset.advantage == "rloo":
-            advantages = rloo_advantages(_weighted_total(rewards, weights), rollout.group_ids)
-        else:
-            advantages = combine_rewards(rewards, weights, rollout.group_ids, mode=self.preset.multi_reward,
-                                         scale=self.preset.advantage, std=self.preset.std)
-        loss_mask = rollout.completion_mask.clone()
-        loss_mask[~valid] = 0  # a None/NaN reward gives its completion zero weight
-        if self.preset.overlong_filter:
-            loss_mask = overlong_filter_mask(rollout.truncated, loss_mask)
         batch = TrainingBatch(
             prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask,
             completion_ids=rollout.completion_ids, completion_mask=rollout.completion_mask,
-            group_ids=rollout.group_ids, loss_mask=loss_mask, advantages=advantages.float(),
-            behaviour_logprobs=rollout.behaviour_logprobs,
+            group_ids=rollout.group_ids, loss_mask=rollout.completion_mask.clone(),
+            advantages=torch.zeros(len(rollout)), behaviour_logprobs=rollout.behaviour_logprobs,
         )
         # With μ = 1 and a single mini-batch the parameters have not moved since sampling, so the
         # "old" log-probs are the current ones, detached, taken in the training forward: no extra pass.
@@ -200,6 +191,27 @@ class LMTrainer:
             batch.old_logprobs = self._logprobs_no_grad(batch, reference=False)
         if self.reference_needed:
             batch.ref_logprobs = self._logprobs_no_grad(batch, reference=True)
+
+        rewards = scored.rewards.to(torch.float64)
+        if self.preset.kl_in_reward and self.reference_needed:
+            # KL as a reward penalty: R_i −= β·Σ_t k1_t (outcome rewards, so the per-token penalty is summed).
+            current = batch.old_logprobs if needs_old else self._logprobs_no_grad(batch, reference=False)
+            penalty = kl_reward_penalty(current, batch.ref_logprobs, self.preset.beta)
+            sequence_penalty = -(penalty * rollout.completion_mask).sum(dim=1)
+            rewards = torch.cat([rewards, sequence_penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
+        weights = self._reward_weights(rewards.shape[1])
+        valid = ~torch.isnan(_weighted_total(rewards, weights))
+        rewards[~valid] = float("nan")  # a row with any None reward leaves its group's statistics
+        if self.preset.advantage == "rloo":
+            advantages = rloo_advantages(_weighted_total(rewards, weights), rollout.group_ids)
+        else:
+            advantages = combine_rewards(rewards, weights, rollout.group_ids, mode=self.preset.multi_reward,
+                                         scale=self.preset.advantage, std=self.preset.std,
+                                         eps=self.preset.advantage_eps)
+        batch.advantages = advantages.float()
+        batch.loss_mask[~valid] = 0  # a None/NaN reward gives its completion zero weight
+        if self.preset.overlong_filter:
+            batch.loss_mask = overlong_filter_mask(rollout.truncated, batch.loss_mask)
         return batch
 
     @torch.no_grad()
@@ -304,8 +316,8 @@ class LMTrainer:
                     last_eval = self.evaluate()
                     metrics.update(last_eval)
                 logger.log(self.step, metrics)
-                progress.update(self.step, reward=metrics.get("reward/mean"),
-                                kl=metrics.get("train/kl"), len=metrics.get("completion/length_mean"))
+                shown = {"reward": "reward/mean", "kl": "train/kl", "len": "completion/length_mean"}
+                progress.update(self.step, **{k: metrics[v] for k, v in shown.items() if v in metrics})
                 if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
                     save_checkpoint(self)
             if self.eval_data is not None and not (cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0):
@@ -350,7 +362,9 @@ class LMTrainer:
                                 temperature=e.temperature, greedy=e.greedy, max_new_tokens=r.max_new_tokens,
                                 top_p=r.top_p, top_k=r.top_k, reward=e.reward,
                                 success_threshold=e.success_threshold, seed=self.config.training.seed + 99991)
-        return evaluate(self.engine, self.policy.tokenizer, self.eval_data, self.reward_runner, settings)
+        metrics = evaluate(self.engine, self.policy.tokenizer, self.eval_data, self.reward_runner, settings)
+        self.eval_history.append((self.step, metrics))
+        return metrics
 
     def _backward(self, loss: Tensor) -> None:
         if self.accelerator is not None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 from grpokit.algorithms.presets import get_preset
-from grpokit.config_schema import ConfigError
+from grpokit.config_schema import ConfigError, coerce_fields
 from grpokit.trainers.lm import LMTrainer
 from grpokit.trainers.lm_config import LMTrainConfig
 
 
 def build_preset(config: LMTrainConfig):
+    from grpokit.algorithms.presets import Preset
+
+    overrides = coerce_fields(Preset, config.algorithm.overrides, "algorithm.overrides")
     try:
-        preset = get_preset(config.algorithm.preset, **config.algorithm.overrides)
+        preset = get_preset(config.algorithm.preset, **overrides)
     except ValueError as error:
         raise ConfigError(f"algorithm: {error}") from error
     if config.rollout.num_generations is not None:

@@ -8,9 +8,24 @@ shuffles are seeded by step, and everything else is restored.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from grpokit.checkpoint import CheckpointManager, model_dir
+
+
+@contextlib.contextmanager
+def _quiet_hf_progress():
+    """transformers draws a progress bar per saved shard; noise in a training log."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _manager(trainer) -> CheckpointManager:
@@ -23,7 +38,8 @@ def save_checkpoint(trainer) -> Path:
     merged = trainer.config.checkpoint.save_merged_lora
 
     def save_model(directory: Path) -> None:
-        save_policy(trainer.policy, directory, merged=merged)
+        with _quiet_hf_progress():
+            save_policy(trainer.policy, directory, merged=merged)
         if merged and trainer.policy.is_lora:
             # The merged copy is for users; resuming needs the adapter itself.
             save_policy(trainer.policy, Path(directory) / "adapter", merged=False)

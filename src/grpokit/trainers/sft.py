@@ -9,7 +9,7 @@ token sequences that will later be sampled.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +44,18 @@ def completion_cross_entropy(model, input_ids, attention_mask, loss_mask) -> tor
 
 
 def supervised_warmup(model, tokenizer, pairs: Sequence[tuple[str, str]], *, steps: int, batch_size: int,
-                      learning_rate: float, seed: int = 0, progress=None) -> list[float]:
-    """Train on random mini-batches of (prompt, completion) pairs; returns the loss per step."""
+                      learning_rate: float, seed: int = 0, stop_check: Callable[[int], bool] | None = None,
+                      check_every: int = 25) -> list[float]:
+    """Train on random mini-batches of (prompt, completion) pairs; returns the loss per step done.
+
+    `stop_check(step)` is called every `check_every` steps (after the update) and ends the warm-up
+    when it returns True: the demo stops as soon as the policy samples right answers often enough.
+    """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-    model.train()
-    losses = []
-    for step in range(steps):
+    losses: list[float] = []
+    for step in range(1, steps + 1):
+        model.train()
         batch = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)]
         input_ids, attention, loss_mask = encode_pairs(tokenizer, [p for p, _ in batch], [c for _, c in batch])
         loss = completion_cross_entropy(model, input_ids, attention, loss_mask)
@@ -58,7 +63,7 @@ def supervised_warmup(model, tokenizer, pairs: Sequence[tuple[str, str]], *, ste
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
-        if progress is not None:
-            progress(step + 1, losses[-1])
+        losses.append(float(loss.detach()))
+        if stop_check is not None and step % check_every == 0 and stop_check(step):
+            break
     return losses
