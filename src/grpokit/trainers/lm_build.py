@@ -47,7 +47,7 @@ def build_policy(config: LMTrainConfig):
 
 
 def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_data=None,
-                  reward_runner=None) -> LMTrainer:
+                  reward_runner=None, sampler=None, callbacks=None) -> LMTrainer:
     """Every component from the config, except those passed in ready-made (tests, the demo)."""
     import torch
     from accelerate import Accelerator
@@ -68,6 +68,8 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     policy.model.to(accelerator.device)
     engine = InProcessEngine(policy.model, policy.tokenizer, device=accelerator.device)
-    sampler = PromptSampler(len(train_data), seed=config.training.seed, shuffle=config.data.shuffle)
+    if sampler is None:
+        sampler = PromptSampler(len(train_data), seed=config.training.seed, shuffle=config.data.shuffle)
     return LMTrainer(config, policy=policy, engine=engine, train_data=train_data, sampler=sampler,
-                     reward_runner=reward_runner, preset=preset, eval_data=eval_data, accelerator=accelerator)
+                     reward_runner=reward_runner, preset=preset, eval_data=eval_data, accelerator=accelerator,
+                     callbacks=callbacks)
