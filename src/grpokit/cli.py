@@ -1,4 +1,4 @@
-"""`grpokit` command line: train, eval, demo, presets."""
+"""`grpokit` command line: train, eval, demo, presets, report."""
 
 from __future__ import annotations
 
@@ -20,11 +20,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     demo = commands.add_parser("demo", help="the embedded CPU demo: tiny model, arithmetic, GRPO")
-    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("task", nargs="?", choices=["arithmetic", "flow"], default="arithmetic",
+                      help="arithmetic (language model) or flow (digits flow model, GRPO-Guard)")
+    demo.add_argument("--run-dir", default=None, help="default: runs/demo (arithmetic), runs/demo_flow (flow)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the demo recipe's)")
 
     commands.add_parser("presets", help="list the algorithm presets")
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html (proxy vs gold, entropy, alarms)")
+    report.add_argument("run_dir", help="a run directory holding metrics.jsonl")
+    report.add_argument("--out", default=None, help="where to write the HTML (default RUN_DIR/report.html)")
     return parser
 
 
@@ -43,6 +49,12 @@ def print_presets() -> None:
     Console().print(table)
 
 
+def _is_flow_config(path: str) -> bool:
+    from grpokit.flow.config import is_flow_config  # a YAML with `trainer: flow`
+
+    return is_flow_config(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from grpokit.config_schema import ConfigError
@@ -51,10 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             print_presets()
+        elif args.command == "report":
+            from grpokit.report import write_report
+
+            try:
+                print(write_report(args.run_dir, args.out))
+            except FileNotFoundError as error:
+                print(f"grpokit: {error}", file=sys.stderr)
+                return 2
+        elif args.command == "demo" and args.task == "flow":
+            from grpokit.flow.demo import run_flow_demo
+
+            run_flow_demo(run_dir=args.run_dir or "runs/demo_flow", seed=args.seed, steps=args.steps)
         elif args.command == "demo":
             from grpokit.demo import run_demo
 
-            run_demo(run_dir=args.run_dir, seed=args.seed, grpo_steps=args.steps)
+            run_demo(run_dir=args.run_dir or "runs/demo", seed=args.seed, grpo_steps=args.steps)
+        elif args.command in ("train", "eval") and _is_flow_config(args.config):
+            from grpokit.flow.build import run_flow_command
+
+            run_flow_command(args.command, args.config, args.overrides)
         elif args.command in ("train", "eval"):
             from grpokit.trainers.lm_build import build_trainer
             from grpokit.trainers.lm_config import load_lm_config

@@ -257,3 +257,24 @@ def test_behaviour_logprob_of_a_greedy_token_is_its_untempered_log_softmax(engin
     assert math.isclose(
         float(batch.behaviour_logprobs[0, 0]), float(logits.log_softmax(-1).max()), abs_tol=1e-6
     )
+
+
+def test_finished_rows_leave_the_forward_batch(model, tokenizer):
+    decode_batch_sizes = []
+
+    def record(module, args, kwargs):
+        if kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None:
+            decode_batch_sizes.append(kwargs["input_ids"].shape[0])
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        batch = InProcessEngine(model, tokenizer).generate(
+            PROMPTS, 8, SamplingParams(max_new_tokens=24, seed=3)
+        )
+    finally:
+        handle.remove()
+    # The token sampled at step t is fed back at step t only if its row has not stopped: length > t + 1.
+    lengths = batch.completion_lengths
+    expected = [int((lengths > t + 1).sum()) for t in range(batch.completion_ids.shape[1] - 1)]
+    assert decode_batch_sizes == [size for size in expected if size > 0]
+    assert decode_batch_sizes[-1] < 24  # this seed stops some rows early (see the EOS test)

@@ -41,6 +41,36 @@ def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
     return (torch.where(valid, x.float(), 0.0).sum() / valid.sum().clamp(min=1)).detach()
 
 
+def _masked_std(x: Tensor, valid: Tensor) -> Tensor:
+    """Population std over the valid entries: sqrt(mean_v (x − mean_v x)²); 0 with none valid."""
+    mean = _masked_mean(x, valid)
+    return _masked_mean((x.detach().float() - mean) ** 2, valid).sqrt()
+
+
+ENTROPY_QUANTILES = (0.1, 0.5, 0.9)  # logged as entropy_p10, entropy_p50, entropy_p90
+
+
+def _entropy_metrics(entropy: Tensor, valid: Tensor, adv: Tensor) -> dict[str, Tensor]:
+    """Mean and ENTROPY_QUANTILES of the token entropy over the valid tokens (``entropy_*``) and over
+    the valid tokens of completions with positive advantage (``high_adv_entropy_*``: the tokens the
+    update makes more likely, whose entropy falls first). Quantiles interpolate linearly
+    (torch.quantile); a selection with no token gives no quantiles (and no ``high_adv_entropy_mean``)."""
+    high_adv = valid & (adv > 0)
+    metrics = {"entropy_mean": _masked_mean(entropy, valid)}
+    if high_adv.any():
+        metrics["high_adv_entropy_mean"] = _masked_mean(entropy, high_adv)
+    for prefix, selected in (("entropy", valid), ("high_adv_entropy", high_adv)):
+        values = entropy.detach().float()[selected]
+        if values.numel() == 0:
+            continue
+        levels = torch.quantile(
+            values, torch.tensor(ENTROPY_QUANTILES, dtype=values.dtype, device=values.device)
+        )
+        for q, level in zip(ENTROPY_QUANTILES, levels):
+            metrics[f"{prefix}_p{round(q * 100)}"] = level
+    return metrics
+
+
 def _masked_min_max(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     if not valid.any():
         zero = x.new_zeros(()).detach()
@@ -84,7 +114,9 @@ def policy_loss(
     - ``top_entropy_quantile`` and behaviour correction need ``entropy`` / ``behaviour_logp`` (ValueError).
 
     Metrics (0-d, detached; fractions and means over valid tokens): ``clip_frac_low``, ``clip_frac_high``,
-    ``ratio_mean``, ``ratio_min``, ``ratio_max``, ``kl`` and ``entropy_mean`` when computed,
+    ``ratio_mean``, ``ratio_std``, ``ratio_min``, ``ratio_max``, ``kl`` when computed, with ``entropy``:
+    ``entropy_mean``/``_p10``/``_p50``/``_p90`` and the same over positive-advantage tokens
+    (``high_adv_entropy_*``, absent when there are none),
     ``clip_cov_frac``, ``kl_cov_frac``, ``top_entropy_frac`` when enabled, and the off-policy metrics of
     :func:`~grpokit.algorithms.off_policy.behaviour_importance_weights`.
     """
@@ -101,6 +133,7 @@ def policy_loss(
         "clip_frac_low": _masked_mean(clipped_low, valid),
         "clip_frac_high": _masked_mean(clipped_high, valid),
         "ratio_mean": _masked_mean(ratio.expand_as(logp), valid),
+        "ratio_std": _masked_std(ratio.expand_as(logp), valid),
         "ratio_min": ratio_min,
         "ratio_max": ratio_max,
     }
@@ -166,7 +199,7 @@ def policy_loss(
         metrics["kl"] = _masked_mean(kl, valid)
 
     if entropy is not None:
-        metrics["entropy_mean"] = _masked_mean(entropy, valid)
+        metrics.update(_entropy_metrics(entropy, valid, adv.expand_as(logp)))
         if preset.entropy_coef != 0:
             per_token = per_token - preset.entropy_coef * entropy
 

@@ -2,7 +2,16 @@
 
 Each prompt is prefilled once, its KV cache repeated n times, then one token per row is decoded
 per step. Rows that stop (EOS or a stop token, which is kept) are padded afterwards and dropped
-from the forward batch; the loop ends when every row has stopped or max_new_tokens is reached.
+from the forward batch and the cache; the loop ends when every row has stopped or max_new_tokens
+is reached. The outputs and the attention mask are allocated once, at full size, and written
+column by column. Tokens are drawn by `grpokit.rollout.sampling` (HF's semantics, one uniform
+number per row instead of HF's one exponential per vocabulary entry).
+
+Where the time goes (tiny Qwen2, vocab 32k, 128 rows × 64 tokens, one CPU thread, profiled): the
+lm_head matmul ≈ 48%, the softmax over the vocabulary (needed for the sampling distribution and
+the recorded log-prob) ≈ 33%, the rest of the model and the loop ≈ 19%. `torch.compile` of the
+softmax + block sums saves ≈ 1.5 ms of ≈ 25 ms per step for a ≈ 28 s compile, and a static KV
+cache would save the per-step cache `cat` (≈ 1.5%): neither pays here, so neither is used.
 
 Behaviour log-probs: for each sampled token we record log μ(y_t) = log_softmax(logits / τ)[y_t],
 the distribution after temperature only (greedy, τ = 0: log_softmax(logits)). This is exactly
@@ -21,55 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from grpokit.models.logprobs import position_ids_from_attention_mask
+from grpokit.rollout.sampling import sample_next_tokens, top_k_filter, top_p_filter
 from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams
 
-
-def top_k_filter(logits: Tensor, top_k: int) -> Tensor:
-    """Set to −inf every logit below the k-th largest of its row (ties with it are kept); k = 0: off.
-
-    Same rule as HF's TopKLogitsWarper with min_tokens_to_keep = 1.
-    """
-    if top_k <= 0 or top_k >= logits.shape[-1]:
-        return logits
-    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth_largest, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
-    """Nucleus filter: keep the most likely tokens, in order, until their probability mass ≥ top_p.
-
-    With p sorted in descending order, token i is kept iff Σ_{j<i} p_j < top_p; the most likely
-    token is always kept (HF's TopPLogitsWarper with min_tokens_to_keep = 1). top_p = 1: off.
-    """
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, sorted_index = torch.sort(logits, dim=-1, descending=True)
-    sorted_probs = sorted_logits.softmax(dim=-1)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    remove_sorted = mass_before >= top_p
-    remove_sorted[..., 0] = False
-    remove = remove_sorted.scatter(-1, sorted_index, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
-
-
-def sample_next_tokens(
-    logits: Tensor, sampling: SamplingParams, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Draw one token per row from [B, V] logits; return (tokens [B] long, behaviour logp [B] float32).
-
-    τ > 0: draw from softmax(top_p(top_k(logits / τ))); logp = log_softmax(logits / τ)[token].
-    τ = 0: token = argmax(logits); logp = log_softmax(logits)[token].
-    """
-    logits = logits.float()
-    if sampling.temperature == 0.0:
-        tokens = logits.argmax(dim=-1)
-        logp = torch.log_softmax(logits, dim=-1)
-    else:
-        scaled = logits / sampling.temperature
-        filtered = top_p_filter(top_k_filter(scaled, sampling.top_k), sampling.top_p)
-        tokens = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
-        logp = torch.log_softmax(scaled, dim=-1)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+__all__ = ["InProcessEngine", "sample_next_tokens", "top_k_filter", "top_p_filter"]
 
 
 def _cache_argument_name(model: nn.Module) -> str:
@@ -154,19 +118,22 @@ class InProcessEngine:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         stop_ids = torch.tensor(self.stop_token_ids(sampling), dtype=torch.long, device=self.device)
 
-        cache_argument = _cache_argument_name(self.model)
         unique_ids, unique_mask = self._encode_left_padded(prompts)
         prompt_ids = unique_ids.repeat_interleave(n, dim=0)
         prompt_mask = unique_mask.repeat_interleave(n, dim=0)
-        rows = prompt_ids.shape[0]
-        group_ids = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
-
-        tokens_per_step: list[Tensor] = []  # each [rows]
-        logp_per_step: list[Tensor] = []
-        live_per_step: list[Tensor] = []  # [rows] bool: the row was still generating at this step
+        rows, prompt_width = prompt_ids.shape
+        max_new_tokens = sampling.max_new_tokens
+        # Written column by column; a row that stopped keeps pad / 0 after its last token.
+        completion_ids = torch.full(
+            (rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=self.device
+        )
+        behaviour_logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=self.device)
+        lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=self.device)
         stopped = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        steps_taken = 0
 
-        if sampling.max_new_tokens > 0:
+        if max_new_tokens > 0:
+            cache_argument = _cache_argument_name(self.model)
             # Prefill each distinct prompt once, then give each of its n rows a copy of the cache.
             outputs = self.model(
                 input_ids=unique_ids,
@@ -178,53 +145,49 @@ class InProcessEngine:
             cache = _output_cache(outputs)
             cache.batch_repeat_interleave(n)
             next_logits = outputs.logits[:, -1, :].repeat_interleave(n, dim=0)
-            attention_mask = prompt_mask
-            next_position = prompt_mask.sum(dim=-1)  # [rows], position of the token about to be fed
+            # The whole attention mask up front: step t feeds the first prompt_width + t + 1 columns.
+            attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones((rows, max_new_tokens))], dim=1)
+            first_position = prompt_mask.sum(dim=-1)  # [rows], position of the first generated token
             active = torch.arange(rows, device=self.device)  # rows still in the forward batch
+            active_mask, active_first_position = attention_mask, first_position
 
-            for step in range(sampling.max_new_tokens):
-                active_tokens, active_logp = sample_next_tokens(next_logits, sampling, generator)
-                step_tokens = torch.full((rows,), self.pad_token_id, dtype=torch.long, device=self.device)
-                step_logp = torch.zeros(rows, dtype=torch.float32, device=self.device)
-                step_tokens[active] = active_tokens
-                step_logp[active] = active_logp
-                live = torch.zeros(rows, dtype=torch.bool, device=self.device)
-                live[active] = True
-                tokens_per_step.append(step_tokens)
-                logp_per_step.append(step_logp)
-                live_per_step.append(live)
-
-                newly_stopped = torch.isin(active_tokens, stop_ids)
-                stopped[active[newly_stopped]] = True
-                if bool(stopped.all()) or step == sampling.max_new_tokens - 1:
+            for step in range(max_new_tokens):
+                tokens, logp = sample_next_tokens(
+                    next_logits, sampling.temperature, sampling.top_k, sampling.top_p, generator
+                )
+                completion_ids[active, step] = tokens
+                behaviour_logprobs[active, step] = logp
+                steps_taken = step + 1
+                newly_stopped = torch.isin(tokens, stop_ids)
+                if bool(newly_stopped.any()):
+                    finished = active[newly_stopped]
+                    stopped[finished] = True
+                    lengths[finished] = step + 1
+                    keep = ~newly_stopped
+                    if not bool(keep.any()):
+                        break
+                    # Finished rows leave the forward batch (and their KV cache is dropped): they cost nothing more.
+                    kept = keep.nonzero().flatten()
+                    cache.batch_select_indices(kept)
+                    active, tokens = active[kept], tokens[kept]
+                    active_mask, active_first_position = attention_mask[active], first_position[active]
+                if step == max_new_tokens - 1:
                     break
-
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((rows, 1))], dim=1)
-                keep = ~newly_stopped
-                if not bool(keep.all()):
-                    # Drop stopped rows from the forward batch; their cache is no longer needed.
-                    cache.batch_select_indices(keep.nonzero().flatten())
-                    active, active_tokens = active[keep], active_tokens[keep]
                 outputs = self.model(
-                    input_ids=active_tokens[:, None],
-                    attention_mask=attention_mask[active],
-                    position_ids=next_position[active][:, None],
+                    input_ids=tokens[:, None],
+                    attention_mask=active_mask[:, : prompt_width + step + 1],
+                    position_ids=(active_first_position + step)[:, None],
                     use_cache=True,
                     **{cache_argument: cache},
                 )
                 next_logits = outputs.logits[:, -1, :]
-                next_position = next_position + 1
 
+        lengths.clamp_(max=steps_taken)
+        completion_ids = completion_ids[:, :steps_taken]
+        behaviour_logprobs = behaviour_logprobs[:, :steps_taken]
+        completion_mask = (torch.arange(steps_taken, device=self.device) < lengths[:, None]).long()
         return self._assemble(
-            prompts,
-            n,
-            prompt_ids,
-            prompt_mask,
-            group_ids,
-            tokens_per_step,
-            logp_per_step,
-            live_per_step,
-            stopped,
+            prompts, n, prompt_ids, prompt_mask, completion_ids, completion_mask, behaviour_logprobs, stopped
         )
 
     def _assemble(
@@ -233,21 +196,11 @@ class InProcessEngine:
         n: int,
         prompt_ids: Tensor,
         prompt_mask: Tensor,
-        group_ids: Tensor,
-        tokens_per_step: list[Tensor],
-        logp_per_step: list[Tensor],
-        live_per_step: list[Tensor],
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        behaviour_logprobs: Tensor,
         stopped: Tensor,
     ) -> RolloutBatch:
-        rows = prompt_ids.shape[0]
-        if tokens_per_step:
-            completion_ids = torch.stack(tokens_per_step, dim=1)
-            behaviour_logprobs = torch.stack(logp_per_step, dim=1)
-            completion_mask = torch.stack(live_per_step, dim=1).long()
-        else:
-            completion_ids = torch.empty((rows, 0), dtype=torch.long, device=self.device)
-            behaviour_logprobs = torch.empty((rows, 0), dtype=torch.float32, device=self.device)
-            completion_mask = torch.empty((rows, 0), dtype=torch.long, device=self.device)
         lengths = completion_mask.sum(dim=-1).tolist()
         id_rows = completion_ids.tolist()
         completions = self.tokenizer.batch_decode(
@@ -256,11 +209,11 @@ class InProcessEngine:
         return RolloutBatch(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
-            completion_ids=completion_ids,
+            completion_ids=completion_ids.contiguous(),
             completion_mask=completion_mask,
-            behaviour_logprobs=behaviour_logprobs,
+            behaviour_logprobs=behaviour_logprobs.contiguous(),
             finish_reasons=[FINISH_STOP if s else FINISH_LENGTH for s in stopped.tolist()],
-            group_ids=group_ids,
+            group_ids=torch.arange(len(prompts), device=self.device).repeat_interleave(n),
             prompts=[p for p in prompts for _ in range(n)],
             completions=completions,
         )

@@ -58,6 +58,7 @@ class ScoredRollout:
     reward_metrics: dict = field(default_factory=dict)
     dropped_groups: int = 0  # DAPO dynamic sampling: zero-variance groups dropped
     generation_rounds: int = 1
+    generated_rollouts: int = 0  # every completion generated for the step, dropped groups included
 
 
 class LMTrainer:
@@ -124,15 +125,21 @@ class LMTrainer:
 
     # ------------------------------------------------------------------ 1. sample and score
     def sample(self, step: int) -> ScoredRollout:
-        """G completions for each of P prompts, scored; with dynamic sampling, only informative groups."""
+        """G_i completions for each of P prompts, scored; with dynamic sampling, only informative groups.
+
+        G_i is the sampler's choice when it has `group_sizes(indices)` (adaptive sampling), else
+        `rollout.num_generations` for every prompt. Dynamic sampling (DAPO) drops all-equal groups and
+        draws more prompts, at most `max_dynamic_sampling_rounds` extra rounds, until P are kept.
+        """
         wanted = self.config.rollout.prompts_per_step
         rounds = 1 + (self.config.rollout.max_dynamic_sampling_rounds if self.preset.dynamic_sampling else 0)
         kept: list[ScoredRollout] = []
-        have, dropped, used_rounds = 0, 0, 0
+        have, dropped, used_rounds, generated = 0, 0, 0, 0
         for round_index in range(rounds):
             used_rounds += 1
             indices = self.sampler.next_batch(wanted - have if round_index else wanted)
             scored = self._generate_and_score(indices, step, round_index)
+            generated += len(scored.rollout)
             if self.preset.dynamic_sampling:
                 informative = _informative_groups(scored.total_reward, scored.rollout.group_ids)
                 dropped += int((~informative).sum())
@@ -149,13 +156,19 @@ class LMTrainer:
             log.warning("step %d: every sampled group had equal rewards; skipping the update", step)
         merged.dropped_groups = dropped
         merged.generation_rounds = used_rounds
+        merged.generated_rollouts = generated
         return merged
 
     def _generate_and_score(self, indices: list[int], step: int, round_index: int) -> ScoredRollout:
+        from grpokit.sampling.groups import expand_per_group, generate_groups
+
         prompts = [self.train_data.render(i, self.policy.tokenizer) for i in indices]
         params = self.sampling_params(step * 17 + round_index)
-        rollout = self.engine.generate(prompts, self.group_size, params)
-        columns = self.train_data.columns_for(indices, repeat=self.group_size)
+        choose_sizes = getattr(self.sampler, "group_sizes", None)  # adaptive samplers pick G per prompt
+        sizes = choose_sizes(indices) if choose_sizes is not None else [self.group_size] * len(indices)
+        rollout = generate_groups(self.engine, prompts, sizes, params,
+                                  pad_token_id=self.policy.tokenizer.pad_token_id or 0)
+        columns = expand_per_group(self.train_data.columns_for(indices), sizes)
         result = self.reward_runner.score(
             prompts=rollout.prompts, completions=rollout.completions,
             group_ids=rollout.group_ids.tolist(), columns=columns,
@@ -345,8 +358,12 @@ class LMTrainer:
         scored = self.sample(step)
         rollout_seconds = time.perf_counter() - started
         started = time.perf_counter()
+        sampler_metrics = self.sampler.metrics() if hasattr(self.sampler, "metrics") else {}
+        sampler_metrics["rollouts/step"] = float(scored.generated_rollouts)
         if len(scored.prompt_indices) == 0:
-            return {"dynamic_sampling/rounds": float(scored.generation_rounds), "train/skipped": 1.0}
+            return {"dynamic_sampling/rounds": float(scored.generation_rounds),
+                    "dynamic_sampling/dropped_groups": float(scored.dropped_groups), "train/skipped": 1.0,
+                    **sampler_metrics}
         batch = self.prepare(scored)
         stats = self.update(batch, step)
         train_seconds = time.perf_counter() - started
@@ -361,6 +378,7 @@ class LMTrainer:
             "train/learning_rate": self.scheduler.get_last_lr()[0],
             "tokens_seen": float(self.tokens_seen),
         })
+        metrics.update(sampler_metrics)
         return metrics
 
     def evaluate(self) -> dict[str, float]:

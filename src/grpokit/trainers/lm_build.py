@@ -68,8 +68,35 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     policy.model.to(accelerator.device)
     engine = InProcessEngine(policy.model, policy.tokenizer, device=accelerator.device)
+    if sampler is None and config.sampling.strategy == "adaptive":
+        sampler = build_adaptive_sampler(config, preset.num_generations, len(train_data))
+        from grpokit.sampling import PosteriorTableWriter
+
+        callbacks = [*(callbacks or []), PosteriorTableWriter()]  # <run_dir>/prompt_pass_rates.csv
     if sampler is None:
         sampler = PromptSampler(len(train_data), seed=config.training.seed, shuffle=config.data.shuffle)
+    from grpokit.guards import with_guards
+
+    # The gold/entropy/ratio guards the config asks for, then the caller's, then report.html at the end.
+    callbacks = with_guards(config, callbacks)
     return LMTrainer(config, policy=policy, engine=engine, train_data=train_data, sampler=sampler,
                      reward_runner=reward_runner, preset=preset, eval_data=eval_data, accelerator=accelerator,
                      callbacks=callbacks)
+
+
+def build_adaptive_sampler(config: LMTrainConfig, group_size: int, num_prompts: int):
+    """`sampling.strategy: adaptive`: an AdaptiveSampler whose budget defaults to uniform's P × G."""
+    from grpokit.sampling import AdaptiveSampler
+
+    s = config.sampling
+    budget = s.rollouts_per_step or config.rollout.prompts_per_step * group_size
+    max_group_size = s.max_group_size or max(2 * group_size, s.min_group_size)
+    try:
+        return AdaptiveSampler(
+            num_prompts, rollouts_per_prompt=budget / config.rollout.prompts_per_step,
+            min_group_size=s.min_group_size, max_group_size=max_group_size,
+            adaptive_group_size=s.adaptive_group_size, prior_alpha=s.prior_alpha, prior_beta=s.prior_beta,
+            discount=s.discount, success_threshold=s.success_threshold, score=s.score, skip_below=s.skip_below,
+            revisit_floor=s.revisit_floor, calibration_bins=s.calibration_bins, seed=config.training.seed)
+    except ValueError as error:
+        raise ConfigError(f"sampling: {error}") from error

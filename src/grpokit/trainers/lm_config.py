@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from grpokit.config_schema import ConfigError, apply_overrides, from_dict
+from grpokit.guards.config import GuardsConfig
 
 
 @dataclass
@@ -69,6 +70,45 @@ class RolloutConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """Which prompts each step rolls out and how many completions each gets (`grpokit.sampling`).
+
+    "uniform": shuffled epochs over the data set, G = rollout.num_generations for every prompt.
+    "adaptive": a Beta pass-rate posterior per prompt picks prompts likely to give groups with
+    unequal rewards, skips confidently solved or hopeless ones (revisited at a floor rate), and splits
+    a rollout budget into per-prompt G_i ≥ min_group_size.
+    """
+
+    strategy: Literal["uniform", "adaptive"] = "uniform"
+    rollouts_per_step: int | None = None  # adaptive budget Σ_i G_i; None = prompts_per_step × G (uniform's cost)
+    min_group_size: int = 2  # no group smaller: a single completion has no advantage
+    max_group_size: int | None = None  # None = 2 × G
+    adaptive_group_size: bool = True  # False: every prompt gets rollouts_per_step / prompts_per_step
+    prior_alpha: float = 1.0  # Beta prior of every prompt's pass rate; (1, 1) = uniform
+    prior_beta: float = 1.0
+    discount: float = 0.9  # λ: α ← λ·α + s, β ← λ·β + (n − s) at each update; 1 = never forget
+    success_threshold: float = 0.5  # a rollout succeeds when its total reward is above this
+    score: Literal["thompson", "expected"] = "thompson"  # a posterior draw, or the expectation
+    skip_below: float = 0.25  # skip prompts whose chance of an informative group is below this
+    revisit_floor: float = 0.05  # fraction of each batch drawn uniformly from all prompts, skipped ones included
+    calibration_bins: int = 5  # bins of the logged predicted-vs-observed pass rates
+
+    def __post_init__(self) -> None:
+        if self.min_group_size < 2:
+            raise ConfigError(f"sampling.min_group_size: must be >= 2, got {self.min_group_size}")
+        if self.max_group_size is not None and self.max_group_size < self.min_group_size:
+            raise ConfigError("sampling.max_group_size: must be >= sampling.min_group_size")
+        if self.prior_alpha <= 0 or self.prior_beta <= 0:
+            raise ConfigError("sampling.prior_alpha, sampling.prior_beta: must be > 0")
+        if not 0.0 < self.discount <= 1.0:
+            raise ConfigError(f"sampling.discount: must be in (0, 1], got {self.discount}")
+        if not 0.0 <= self.revisit_floor <= 1.0:
+            raise ConfigError(f"sampling.revisit_floor: must be in [0, 1], got {self.revisit_floor}")
+        if self.calibration_bins < 1:
+            raise ConfigError("sampling.calibration_bins: must be >= 1")
+
+
+@dataclass
 class TrainingConfig:
     max_steps: int = 100
     num_iterations: int = 1  # μ: passes over each rollout batch
@@ -82,7 +122,10 @@ class TrainingConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = 1.0
     seed: int = 0
-    logprob_chunk_size: int = 512  # positions per chunk of the chunked log-prob/entropy pass
+    # Positions per chunk of the chunked log-prob/entropy pass. 128 keeps a [chunk, 32k-vocab] float32 temporary
+    # (16 MiB) under glibc's 32 MiB mmap ceiling, so CPU runs reuse it instead of page-faulting a fresh buffer
+    # each time (measured on a 32k-vocab model: -25% training time, sys time 3.3 s -> 0.8 s per step).
+    logprob_chunk_size: int = 128
 
 
 @dataclass
@@ -94,6 +137,17 @@ class EvalConfig:
     greedy: bool = True  # also report greedy accuracy
     reward: str | None = None  # reward name scored as accuracy (> threshold); default the first
     success_threshold: float = 0.5
+
+
+@dataclass
+class GoldConfig:
+    """Gold evaluators: rewards never optimized, scored next to the proxy (training) rewards on the same
+    held-out completions at every evaluation (needs held-out data; see `grpokit.guards`)."""
+
+    rewards: list[RewardConfig] = field(default_factory=list)  # empty = no gold evaluation
+    num_prompts: int = 100  # the first N held-out prompts
+    samples_per_prompt: int = 4  # completions per prompt, sampled at eval.temperature with a fixed seed
+    keep_best: bool = True  # save checkpoints/best at each new best gold/score
 
 
 @dataclass
@@ -121,8 +175,11 @@ class LMTrainConfig:
     on_reward_error: Literal["stop", "none"] = "stop"  # "none": score the batch's rows as None
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)  # alarms and their actions
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 

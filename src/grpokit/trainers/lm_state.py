@@ -32,7 +32,8 @@ def _manager(trainer) -> CheckpointManager:
     return CheckpointManager(Path(trainer.config.logging.run_dir), keep_last=trainer.config.checkpoint.keep_last)
 
 
-def save_checkpoint(trainer) -> Path:
+def save_checkpoint(trainer, *, tag: str | None = None) -> Path:
+    """The trainer's whole state as `checkpoints/step-N`, or `checkpoints/<tag>` ("best"...: never pruned)."""
     from grpokit.models.loading import save_policy
 
     merged = trainer.config.checkpoint.save_merged_lora
@@ -46,7 +47,25 @@ def save_checkpoint(trainer) -> Path:
 
     extra = {"sampler": trainer.sampler.state_dict(), "tokens_seen": trainer.tokens_seen}
     return _manager(trainer).save(trainer.step, model_saver=save_model, optimizer=trainer.optimizer,
-                                  scheduler=trainer.scheduler, extra_state=extra)
+                                  scheduler=trainer.scheduler, extra_state=extra, tag=tag)
+
+
+def restore_weights(trainer, tag: str = "best") -> int | None:
+    """Load the policy weights of `checkpoints/<tag>` in place (optimizer and step untouched).
+
+    Returns the step the checkpoint was saved at, or None when there is no such checkpoint.
+    """
+    from grpokit.checkpoint import load_checkpoint
+    from grpokit.models.loading import load_policy_weights
+
+    path = _manager(trainer).tagged(tag)
+    if path is None:
+        return None
+    weights = model_dir(path)
+    if trainer.policy.is_lora and (weights / "adapter").is_dir():
+        weights = weights / "adapter"
+    load_policy_weights(trainer.policy, weights)
+    return load_checkpoint(path, restore_rng=False)["step"]
 
 
 def resume_latest(trainer) -> bool:

@@ -1,0 +1,254 @@
+"""Trainer callbacks that feed the alarms from the logged metrics and act on them.
+
+The trainer calls ``on_step_end(trainer, step, metrics)`` after each step (evaluation metrics of
+that step included, before they are logged), ``on_evaluate(trainer, step, eval_metrics)`` inside
+each evaluation (before the metrics are returned and logged) and ``on_train_end(trainer)``. A
+callback may add keys to the metrics it receives (they are logged with them) and may set
+``trainer.should_stop``. Order matters: build the list with :func:`with_guards`.
+
+Actions (see `grpokit.guards.config`): "warn" logs and records the alarm; "stop" ends the run
+after this step; "restore_best" loads the best-gold checkpoint's policy weights, then stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+from grpokit.guards.alarms import Alarm, EntropyCollapseAlarm, OverOptimizationAlarm, RatioDriftAlarm
+from grpokit.guards.config import ACTIONS
+from grpokit.guards.events import record_event
+
+log = logging.getLogger("grpokit.guards")
+
+BEST_TAG = "best"  # checkpoints/best: the policy with the highest gold score so far
+
+
+def act(trainer, alarm: Alarm, action: str, metrics: dict | None = None) -> int | None:
+    """Log and record `alarm`, then apply `action`; returns the restored checkpoint's step, if any."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown guard action {action!r}; choose from {ACTIONS}")
+    log.warning("step %d: %s alarm: %s (action: %s)", alarm.step, alarm.kind, alarm.message, action)
+    event = {
+        "step": alarm.step,
+        "kind": alarm.kind,
+        "message": alarm.message,
+        "action": action,
+        "values": dict(alarm.values),
+    }
+    if metrics is not None:
+        metrics[f"alarm/{alarm.kind}"] = 1.0
+    restored_step = None
+    if action in ("stop", "restore_best"):
+        trainer.should_stop = True
+    if action == "restore_best":
+        from grpokit.trainers.lm_state import restore_weights
+
+        restored_step = restore_weights(trainer, BEST_TAG)
+        if restored_step is None:
+            log.warning(
+                "no best-gold checkpoint to restore (set gold.rewards); stopping with the current weights"
+            )
+        else:
+            log.warning("restored the policy weights of the best-gold checkpoint (step %d)", restored_step)
+        event["restored_step"] = restored_step
+    record_event(trainer.run_dir, event)
+    return restored_step
+
+
+class EntropyGuard:
+    """Feeds `metric` (default train/entropy_mean) to an :class:`EntropyCollapseAlarm` every step."""
+
+    def __init__(self, alarm: EntropyCollapseAlarm, action: str = "warn", metric: str = "train/entropy_mean"):
+        self.alarm, self.action, self.metric = alarm, action, metric
+
+    def on_step_end(self, trainer, step: int, metrics: dict) -> None:
+        value = metrics.get(self.metric)
+        if value is None:
+            return
+        alarm = self.alarm.update(step, float(value))
+        if alarm is not None:
+            act(trainer, alarm, self.action, metrics)
+
+
+class RatioGuard:
+    """Feeds train/ratio_mean, train/ratio_std and the clip fractions to a :class:`RatioDriftAlarm`."""
+
+    def __init__(self, alarm: RatioDriftAlarm, action: str = "warn"):
+        self.alarm, self.action = alarm, action
+
+    def on_step_end(self, trainer, step: int, metrics: dict) -> None:
+        if "train/ratio_mean" not in metrics:
+            return  # a skipped step (every group all-equal) trains nothing
+        alarm = self.alarm.update(
+            step,
+            metrics["train/ratio_mean"],
+            metrics.get("train/ratio_std"),
+            metrics.get("train/clip_frac_low"),
+            metrics.get("train/clip_frac_high"),
+        )
+        if alarm is not None:
+            act(trainer, alarm, self.action, metrics)
+
+
+class GoldGuard:
+    """At every trainer evaluation: score proxy and gold rewards on the same held-out completions,
+    keep `checkpoints/best` at each new best gold score, and run the over-optimization alarm.
+
+    Logs ``gold/*`` and ``proxy/*`` (see :func:`grpokit.guards.gold.score_gold_and_proxy`),
+    ``gold/best``, ``gold/best_step``, and with an alarm ``proxy/trend`` and ``gold/trend`` (fitted
+    change over its window). After a restore it scores the restored policy as ``gold/restored_score``.
+    """
+
+    def __init__(
+        self,
+        gold_runner,
+        *,
+        num_prompts: int = 100,
+        samples_per_prompt: int = 4,
+        temperature: float | None = None,
+        alarm: OverOptimizationAlarm | None = None,
+        action: str = "warn",
+        keep_best: bool = True,
+        seed_offset: int = 7_777_777,
+    ):
+        self.gold_runner = gold_runner
+        self.num_prompts = num_prompts
+        self.samples_per_prompt = samples_per_prompt
+        self.temperature = temperature
+        self.alarm = alarm
+        self.action = action
+        self.keep_best = keep_best
+        self.seed_offset = seed_offset
+        self.best_gold = -math.inf
+        self.best_step: int | None = None
+        self.alarm_step: int | None = None
+        self.restored_step: int | None = None
+
+    def score(self, trainer) -> dict[str, float]:
+        """Gold and proxy metrics of the trainer's current policy (same sampling seed every call)."""
+        from grpokit.guards.gold import score_gold_and_proxy
+
+        # One fixed seed: two evaluations differ by the policy only, not by the draw.
+        params = dataclasses.replace(
+            trainer.sampling_params(0, temperature=self.temperature),
+            seed=trainer.config.training.seed + self.seed_offset,
+        )
+        return score_gold_and_proxy(
+            trainer.engine,
+            trainer.policy.tokenizer,
+            trainer.eval_data,
+            trainer.reward_runner,
+            self.gold_runner,
+            num_prompts=self.num_prompts,
+            samples_per_prompt=self.samples_per_prompt,
+            sampling=params,
+        )
+
+    def on_evaluate(self, trainer, step: int, metrics: dict) -> None:
+        if trainer.eval_data is None or self.restored_step is not None:
+            return  # after a restore the run is over; the restored policy was scored already
+        scores = self.score(trainer)
+        metrics.update(scores)
+        gold, proxy = scores["gold/score"], scores["proxy/score"]
+        if math.isfinite(gold) and gold > self.best_gold:
+            self.best_gold, self.best_step = gold, step
+            if self.keep_best:
+                from grpokit.trainers.lm_state import save_checkpoint
+
+                save_checkpoint(trainer, tag=BEST_TAG)
+        metrics["gold/best"] = self.best_gold
+        metrics["gold/best_step"] = float(self.best_step if self.best_step is not None else step)
+        if self.alarm is None:
+            return
+        alarm = self.alarm.update(step, proxy, gold)
+        metrics["proxy/trend"], metrics["gold/trend"] = self.alarm.trends()
+        if alarm is None or self.alarm_step is not None:
+            return  # act on the first alarm only: later ones come from the same over-optimization
+        self.alarm_step = step
+        restored = act(trainer, alarm, self.action, metrics)
+        if restored is not None:
+            self.restored_step = restored
+            metrics["gold/restored_score"] = self.score(trainer)["gold/score"]
+
+
+class ReportWriter:
+    """Writes `run_dir/report.html` (see `grpokit.report`) when training ends."""
+
+    def on_train_end(self, trainer) -> None:
+        from grpokit.report import write_report
+
+        try:
+            path = write_report(trainer.run_dir)
+        except Exception:  # a report must never cost the user a finished run; the checkpoint is saved
+            log.exception("could not write the run report")
+            return
+        log.info("run report: %s", path)
+
+
+def build_guards(config) -> list:
+    """The guard callbacks an `LMTrainConfig` asks for (`gold:` and `guards:` sections)."""
+    guards = config.guards
+    built: list = []
+    if config.gold.rewards:
+        from grpokit.rewards import RewardRunner, load_reward
+
+        gold_runner = RewardRunner(
+            [
+                load_reward(
+                    r.function, name=r.name, weight=r.weight, timeout_seconds=r.timeout_seconds, **r.kwargs
+                )
+                for r in config.gold.rewards
+            ],
+            on_error=config.on_reward_error,
+        )
+        o = guards.over_optimization
+        alarm = (
+            None
+            if o.action == "off"
+            else OverOptimizationAlarm(
+                o.window,
+                min_proxy_rise=o.min_proxy_rise,
+                min_gold_fall=o.min_gold_fall,
+                min_drop_from_best=o.min_drop_from_best,
+                patience=o.patience,
+            )
+        )
+        built.append(
+            GoldGuard(
+                gold_runner,
+                num_prompts=config.gold.num_prompts,
+                samples_per_prompt=config.gold.samples_per_prompt,
+                temperature=config.eval.temperature,
+                alarm=alarm,
+                action=o.action,
+                keep_best=config.gold.keep_best,
+            )
+        )
+    e = guards.entropy
+    if e.active:
+        built.append(
+            EntropyGuard(
+                EntropyCollapseAlarm(e.floor, e.max_drop_per_step, window=e.window, patience=e.patience),
+                e.action,
+                e.metric,
+            )
+        )
+    r = guards.ratio
+    if r.action != "off":
+        built.append(
+            RatioGuard(
+                RatioDriftAlarm(r.max_mean_shift, r.max_std, r.max_clip_frac, patience=r.patience), r.action
+            )
+        )
+    return built
+
+
+def with_guards(config, callbacks: list | None = None) -> list:
+    """The config's guards first (so user callbacks see their metrics), then `callbacks`, then the
+    report writer when `logging.plot` is on (last, so it sees every alarm)."""
+    ordered = [*build_guards(config), *(callbacks or [])]
+    if config.logging.plot:
+        ordered.append(ReportWriter())
+    return ordered

@@ -1,0 +1,296 @@
+"""`grpokit report RUN_DIR`: one self-contained HTML page that says whether a run fooled itself.
+
+Read from the run directory's `metrics.jsonl` and `alarms.jsonl` (so it works during a run and
+after a crash): a short text summary, the alarms, and one PNG per panel — proxy vs gold, entropy,
+clip fractions, importance ratio, lengths, zero-std groups, held-out accuracy — embedded as base64
+so the page is one file that can be mailed or attached. Alarms are drawn on every panel's time axis.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpokit.guards.events import read_events
+from grpokit.monitoring.plots import metric_series
+from grpokit.monitoring.sinks import METRICS_FILENAME, read_metrics
+
+REPORT_FILENAME = "report.html"
+_ALARM_COLOURS = {
+    "over_optimization": "tab:red",
+    "entropy_collapse": "tab:purple",
+    "ratio_drift": "tab:orange",
+}
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    keys: tuple[str, ...]  # fnmatch patterns over the logged names, drawn in this order
+    look_for: str  # one line under the plot: what a healthy and an unhealthy run look like
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel(
+        "Proxy vs gold (held-out)",
+        ("proxy/score", "gold/score", "reward/mean"),
+        "Over-optimization: the proxy keeps rising while the gold score falls.",
+    ),
+    Panel(
+        "Entropy per token (nats)",
+        (
+            "train/entropy_mean",
+            "train/entropy_p10",
+            "train/entropy_p50",
+            "train/entropy_p90",
+            "train/high_adv_entropy_mean",
+        ),
+        "Collapse: the mean and the low percentile head to zero; exploration stops.",
+    ),
+    Panel(
+        "Clip fractions",
+        (
+            "train/clip_frac_low",
+            "train/clip_frac_high",
+            "train/clip_cov_frac",
+            "train/kl_cov_frac",
+            "train/top_entropy_frac",
+        ),
+        "Fraction of tokens whose ratio was clipped below/above (and the entropy controls' selections).",
+    ),
+    Panel(
+        "Importance ratio",
+        ("train/ratio_mean", "train/ratio_std", "train/ratio_min", "train/ratio_max"),
+        "On-policy the mean is 1; a mean drifting from 1 or a growing spread means stale or biased ratios.",
+    ),
+    Panel(
+        "Completion length (tokens)",
+        ("completion/length_mean", "completion/length_max"),
+        "Length hacking shows as a steady climb toward the generation limit.",
+    ),
+    Panel(
+        "Groups with zero reward std",
+        ("frac_reward_zero_std",),
+        "Groups whose completions all scored the same carry no advantage: a rising fraction stalls learning.",
+    ),
+    Panel("Held-out accuracy (%)", ("eval/*",), "The trainer's own evaluation of the optimized reward."),
+)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the HTML report of `run_dir` (default `run_dir/report.html`) and return its path."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / METRICS_FILENAME
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} a grpokit run directory?")
+    records = read_metrics(metrics_path)
+    events = read_events(run_dir)
+    figures = []
+    for panel in PANELS:
+        png = draw_panel(records, panel, events)
+        if png is not None:
+            figures.append((panel, png))
+    out = Path(out) if out is not None else run_dir / REPORT_FILENAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_html_page(run_dir, summarize(records, events), events, figures), encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def summarize(records: Sequence[dict], events: Sequence[dict]) -> list[str]:
+    """A few plain sentences: steps, gold vs proxy, entropy, ratios, lengths, zero-std groups, alarms."""
+    lines: list[str] = []
+    steps = [r["step"] for r in records if "step" in r]
+    if steps:
+        lines.append(f"{len({s for s in steps if s > 0})} training steps logged (last step {max(steps)}).")
+    gold_steps, gold = metric_series(records, "gold/score")
+    if gold:
+        best = max(range(len(gold)), key=gold.__getitem__)
+        _, proxy = metric_series(records, "proxy/score")
+        line = (
+            f"Gold score: {gold[0]:.3f} at step {gold_steps[0]}, best {gold[best]:.3f} at step "
+            f"{gold_steps[best]}, last {gold[-1]:.3f} at step {gold_steps[-1]}."
+        )
+        if proxy:
+            line += f" Proxy score on the same completions: {proxy[0]:.3f} → {proxy[-1]:.3f}."
+        lines.append(line)
+        _, restored = metric_series(records, "gold/restored_score")
+        if restored:
+            lines.append(f"Gold score of the restored best-gold policy: {restored[-1]:.3f}.")
+    lines += [
+        line
+        for line in (
+            _trajectory(records, "train/entropy_mean", "Entropy per token", low_is_notable=True),
+            _trajectory(records, "completion/length_mean", "Mean completion length"),
+        )
+        if line
+    ]
+    _, ratio = metric_series(records, "train/ratio_mean")
+    if ratio:
+        _, low = metric_series(records, "train/clip_frac_low")
+        _, high = metric_series(records, "train/clip_frac_high")
+        clipped = max((a + b for a, b in zip(low, high)), default=0.0)
+        lines.append(
+            f"Importance-ratio mean within [{min(ratio):.3f}, {max(ratio):.3f}]; "
+            f"largest clipped fraction in a step {clipped:.3f}."
+        )
+    _, zero_std = metric_series(records, "frac_reward_zero_std")
+    if zero_std:
+        lines.append(
+            f"Groups with zero reward std: {100 * sum(zero_std) / len(zero_std):.0f}% on average, "
+            f"{100 * zero_std[-1]:.0f}% at the last step."
+        )
+    alarms = [e for e in events if "kind" in e]
+    if not alarms:
+        lines.append("No alarm fired.")
+    else:
+        first = alarms[0]
+        lines.append(
+            f"{len(alarms)} alarm(s); first: {first['kind']} at step {first['step']} "
+            f"(action: {first.get('action', 'warn')})."
+        )
+        restored = [e for e in alarms if e.get("restored_step") is not None]
+        if restored:
+            lines.append(
+                f"Policy restored to the best-gold checkpoint of step {restored[0]['restored_step']}."
+            )
+    return lines
+
+
+def _trajectory(records: Sequence[dict], key: str, what: str, low_is_notable: bool = False) -> str | None:
+    steps, values = metric_series(records, key)
+    if not values:
+        return None
+    line = f"{what}: {values[0]:.3g} at step {steps[0]} → {values[-1]:.3g} at step {steps[-1]}"
+    if low_is_notable:
+        lowest = min(range(len(values)), key=values.__getitem__)
+        line += f" (lowest {values[lowest]:.3g} at step {steps[lowest]})"
+    return line + "."
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def available_keys(records: Sequence[dict], patterns: Sequence[str]) -> list[str]:
+    """Logged numeric keys matching `patterns`, in pattern order, without repeats."""
+    logged = []
+    for record in records:
+        for key, value in record.items():
+            if key not in logged and isinstance(value, (int, float)) and not isinstance(value, bool):
+                logged.append(key)
+    selected: list[str] = []
+    for pattern in patterns:
+        selected += [k for k in logged if k not in selected and fnmatch.fnmatchcase(k, pattern)]
+    return selected
+
+
+def draw_panel(records: Sequence[dict], panel: Panel, events: Sequence[dict]) -> bytes | None:
+    """PNG bytes of one panel with the alarms as vertical lines; None when none of its keys was logged."""
+    keys = available_keys(records, panel.keys)
+    if not keys:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: heavy import
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 3.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for key in keys:
+        steps, values = metric_series(records, key)
+        faint = key == "reward/mean" and len(keys) > 1  # the noisy per-step training reward
+        axes.plot(
+            steps,
+            values,
+            label=key,
+            linewidth=0.9 if faint else 1.5,
+            alpha=0.45 if faint else 1.0,
+            marker="o" if len(steps) < 30 else None,
+            markersize=3,
+        )
+    _draw_events(axes, events)
+    axes.set_title(panel.title, fontsize=10)
+    axes.set_xlabel("step", fontsize=8)
+    axes.tick_params(labelsize=7)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _draw_events(axes, events: Sequence[dict]) -> None:
+    labelled: set[str] = set()
+    for event in events:
+        if "kind" not in event or not isinstance(event.get("step"), (int, float)):
+            continue
+        kind = event["kind"]
+        axes.axvline(
+            event["step"],
+            color=_ALARM_COLOURS.get(kind, "tab:red"),
+            linestyle="--",
+            linewidth=1.1,
+            label=None if kind in labelled else f"alarm: {kind}",
+        )
+        labelled.add(kind)
+        if event.get("restored_step") is not None:
+            axes.axvline(
+                event["restored_step"],
+                color="tab:green",
+                linestyle=":",
+                linewidth=1.3,
+                label="restored (best gold)",
+            )
+
+
+# ---------------------------------------------------------------------------------------------- page
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85rem; color: #555; }
+table { border-collapse: collapse; font-size: 0.85rem; } td, th { border: 1px solid #ccc; padding: 0.2rem 0.5rem; }
+"""
+
+
+def _html_page(
+    run_dir: Path, summary: list[str], events: Sequence[dict], figures: list[tuple[Panel, bytes]]
+) -> str:
+    def esc(value: Any) -> str:
+        if isinstance(value, float) and math.isfinite(value):
+            value = f"{value:.4g}"
+        return html.escape(str(value))
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>grpokit report: {esc(run_dir.name)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>grpokit run report: {esc(run_dir)}</h1>",
+        "<h2>Summary</h2><ul>",
+        *(f"<li>{esc(line)}</li>" for line in summary),
+        "</ul>",
+    ]
+    alarms = [e for e in events if "kind" in e]
+    if alarms:
+        parts.append(
+            "<h2>Alarms</h2><table><tr><th>step</th><th>kind</th><th>action</th><th>message</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{esc(e.get('step'))}</td><td>{esc(e['kind'])}</td><td>{esc(e.get('action', ''))}</td>"
+            f"<td>{esc(e.get('message', ''))}</td></tr>"
+            for e in alarms
+        ]
+        parts.append("</table>")
+    parts.append("<h2>Curves</h2>")
+    for panel, png in figures:
+        encoded = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<figure><img alt="{esc(panel.title)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{esc(panel.look_for)}</figcaption></figure>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,58 @@
+"""Rolling out groups of unequal size with an engine that takes one G per call.
+
+The result keeps the rollout contract: prompt-major rows, and row r's group id is the position of
+its prompt in the list asked for (so group j has `group_sizes[j]` consecutive rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from grpokit.rollout.types import RolloutBatch, SamplingParams, concat_rollouts
+
+_SEED_STRIDE = 7919  # separates the seeds of the per-G engine calls of one step
+
+
+def generate_groups(
+    engine,
+    prompts: Sequence[str],
+    group_sizes: Sequence[int],
+    sampling: SamplingParams,
+    *,
+    pad_token_id: int = 0,
+) -> RolloutBatch:
+    """`group_sizes[j]` completions of `prompts[j]`: one engine call per distinct size, then merged.
+
+    With a single distinct size this is exactly `engine.generate(prompts, G, sampling)`.
+    """
+    if len(prompts) != len(group_sizes):
+        raise ValueError(f"{len(prompts)} prompts but {len(group_sizes)} group sizes")
+    if any(g < 1 for g in group_sizes):
+        raise ValueError(f"group sizes must be >= 1, got {list(group_sizes)}")
+    distinct = sorted(set(group_sizes))
+    if len(distinct) == 1:
+        return engine.generate(list(prompts), distinct[0], sampling)
+    parts, positions = [], []
+    for call, size in enumerate(distinct):
+        members = [j for j, g in enumerate(group_sizes) if g == size]
+        seed = None if sampling.seed is None else sampling.seed + _SEED_STRIDE * (call + 1)
+        part = engine.generate([prompts[j] for j in members], size, dataclasses.replace(sampling, seed=seed))
+        parts.append(part)
+        positions.append(torch.tensor(members, dtype=torch.long)[part.group_ids.cpu()])
+    merged = concat_rollouts(parts, pad_token_id=pad_token_id)
+    position = torch.cat(positions)
+    order = torch.sort(position, stable=True).indices
+    rollout = merged.select(order.to(merged.group_ids.device))
+    rollout.group_ids = position[order].to(rollout.group_ids.device)
+    return rollout
+
+
+def expand_per_group(columns: dict[str, list[Any]], group_sizes: Sequence[int]) -> dict[str, list[Any]]:
+    """Each column's j-th value repeated `group_sizes[j]` times, aligned with a prompt-major batch."""
+    return {
+        name: [v for v, g in zip(values, group_sizes) for _ in range(g)] for name, values in columns.items()
+    }
