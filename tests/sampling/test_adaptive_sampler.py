@@ -11,7 +11,15 @@ from grpokit.sampling import AdaptiveSampler
 
 
 def _sampler(num_prompts=6, **kwargs) -> AdaptiveSampler:
-    settings = dict(rollouts_per_prompt=4, min_group_size=2, max_group_size=8, discount=1.0, seed=3)
+    settings = dict(
+        rollouts_per_prompt=4,
+        min_group_size=2,
+        max_group_size=8,
+        prior_alpha=1.0,
+        prior_beta=1.0,
+        discount=1.0,
+        seed=3,
+    )
     return AdaptiveSampler(num_prompts, **{**settings, **kwargs})
 
 

@@ -84,8 +84,10 @@ class SamplingConfig:
     min_group_size: int = 2  # no group smaller: a single completion has no advantage
     max_group_size: int | None = None  # None = 2 × G
     adaptive_group_size: bool = True  # False: every prompt gets rollouts_per_step / prompts_per_step
-    prior_alpha: float = 1.0  # Beta prior of every prompt's pass rate; (1, 1) = uniform
-    prior_beta: float = 1.0
+    # Beta prior of every prompt's pass rate. Jeffreys (½, ½) rather than uniform (1, 1): the pass rates
+    # of a prompt pool pile up at 0 and 1, and one all-equal group should already make a prompt look so.
+    prior_alpha: float = 0.5
+    prior_beta: float = 0.5
     discount: float = 0.9  # λ: α ← λ·α + s, β ← λ·β + (n − s) at each update; 1 = never forget
     success_threshold: float = 0.5  # a rollout succeeds when its total reward is above this
     score: Literal["thompson", "expected"] = "thompson"  # a posterior draw, or the expectation
