@@ -6,7 +6,9 @@ per-step timings, token counts and the process's peak RSS to OUT.json.
 `python bench/_vs_trl_systems.py check - BETA - OUT.json` runs the step-0 equivalence check.
 
 Both systems get the same model (same seed, same weights), tokenizer, prompts, reward,
-sampling and optimizer settings; everything is built locally (no hub access).
+sampling and optimizer settings; everything is built locally (no hub access). Timing and the
+check hook into GRPOTrainer's `_generate`, `_generate_and_score_completions` and `compute_loss`
+(written against TRL 1.16).
 """
 
 from __future__ import annotations

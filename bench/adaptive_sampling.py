@@ -21,8 +21,8 @@ Reported per run: held-out sampled accuracy (mean@4 at T = 1 over 420 problems o
 at the start and at the end (trailing mean of the last 3 evaluations: one evaluation is noisy by
 ±1.5 points); rollouts and training seconds (generation + update, evaluation excluded) to first
 reach the target, defined per seed from uniform G=8 as start + 75% of its gain, on the same
-trailing means. R = adaptive's rollouts to target / uniform G=8's, averaged over the seeds where
-both reach it.
+trailing means. R = adaptive's rollouts to target / uniform G=8's, the median over seeds (a seed
+where adaptive never reaches the target counts as infinite).
 
 Threads: one (tiny models; OpenMP spinning slows shared cores). Outputs under
 outputs/adaptive_sampling/: per-run metrics JSONL, the prompt pass-rate table (CSV) of each

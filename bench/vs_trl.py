@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -168,9 +169,7 @@ def print_table(rows: list[dict]) -> list[dict]:
         ratio = {key: ours[key] / trl[key] for key in RATIO_KEYS}
         ratios.append(ratio)
         print(
-            f"| {mu} | {beta} | grpokit/TRL | "
-            + " | ".join(f"{ratio[k]:.2f}" for k in RATIO_KEYS)
-            + " | |"
+            f"| {mu} | {beta} | grpokit/TRL | " + " | ".join(f"{ratio[k]:.2f}" for k in RATIO_KEYS) + " | |"
         )
     return ratios
 
@@ -234,7 +233,8 @@ def main() -> None:
     began = time.perf_counter()
     (OUTPUTS / "vs_trl_logs").mkdir(parents=True, exist_ok=True)
     print(
-        f"vs_trl: {os.cpu_count()} CPUs (shared with other jobs; every system runs on 1 thread), "
+        f"vs_trl: TRL {version('trl')}, torch {torch.__version__}, {os.cpu_count()} CPUs (shared with other jobs; "
+        "every system runs on 1 thread), "
         f"{MEASURED_STEPS} measured step(s) per configuration",
         flush=True,
     )

@@ -1,19 +1,25 @@
-"""Entropy under plain GRPO at a high learning rate, and the entropy controls from the core.
+"""Entropy collapse under plain GRPO with heavy sample reuse, and the entropy controls from the core.
 
 Task and model as `reward_hacking.py` (two-digit additions, a 0.2M-parameter model warmed up to
-~30% sampled accuracy), exact-match reward. The "high learning rate" recipe: lr 1e-3 (2× the demo's)
-with 4 mini-batches per rollout (4 optimizer steps per batch of samples, so the policy moves away
-from the sampling policy within a step and the ratio clip and the Cov controls have work to do).
+~30% sampled accuracy), exact-match reward. The collapsing recipe: lr 5e-4 (the demo's) but PPO-style
+reuse of every rollout, μ = 4 passes × 4 mini-batches = 16 optimizer steps per batch of samples, so
+the policy moves far from the sampling policy within a step: the regime where the symmetric clip
+lets likely tokens grow and keeps unlikely ones down (DAPO's motivation for clip-higher), and where
+the Cov controls have tokens to act on.
 
 Arms, every other setting equal (presets via `algorithm.overrides`, nothing new wired):
 - grpo: ε = 0.2 both sides, no entropy control;
-- clip_higher+clip_cov: ε_high = 0.28 (DAPO) + Clip-Cov (detach 2% of the tokens whose
-  cov(log π, A) lies in (1, 5));
-- clip_higher+kl_cov (the "guarded" arm, declared before running): ε_high = 0.28 + KL-Cov
-  (|log π − log π_old| penalty, coefficient 1, on the 5% of tokens with the largest cov).
+- clip_higher+kl_cov (the "guarded" arm, declared before the 3-seed run): ε_high = 0.28 (DAPO) +
+  KL-Cov (|log π − log π_old| penalty, coefficient 1, on the 5% of tokens with the largest cov);
+- clip_higher+clip_cov (with `--arms all`): ε_high = 0.28 + Clip-Cov (detach 2% of the tokens
+  whose cov(log π, A) lies in (1, 5)).
 The paper's Cov fractions (2e-4, 2e-3) select less than one token of our ~900-token batches, so
 they are scaled up to select a few per mini-batch. An entropy alarm (floor 0.25 nats/token, about
-half the warmed-up policy's entropy, action "warn") watches every arm.
+half the warmed-up policy's entropy, 3 steps in a row, action "warn") watches every arm.
+
+Other regimes for the note: `--learning-rate 1e-3 --iterations 1 --arms all` (no collapse: the
+controls only slow learning) and `--learning-rate 2e-3 --iterations 1 --seeds 0 --arms all` (every
+arm is destroyed within the first step, before any clip can act).
 
 Last line (means over the seeds; entropy in nats per token averaged over the last 10 steps,
 accuracy = held-out sampled accuracy mean@4 in percent at the last step):
@@ -22,6 +28,7 @@ accuracy = held-out sampled accuracy mean@4 in percent at the last step):
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -33,24 +40,29 @@ from _guards_setup import OUTPUTS, build, fresh_run_dir, grpo_config  # noqa: E4
 
 SEEDS = (0, 1, 2)
 STEPS = 100
-LEARNING_RATE = 1e-3
-MINI_BATCHES = 4
+LEARNING_RATE = 5e-4
+ITERATIONS = 4  # μ: passes over each rollout batch
+MINI_BATCHES = 4  # optimizer steps per pass
 EVAL_EVERY = 25
 ENTROPY_FLOOR = 0.25
 ENTROPY_WINDOW = 10  # steps averaged for "entropy at the end"
 ARMS: dict[str, dict] = {
     "grpo": {},
+    "clip_higher+kl_cov": {"eps_high": 0.28, "kl_cov": {"top_fraction": 0.05, "coef": 1.0}},
     "clip_higher+clip_cov": {
         "eps_high": 0.28,
         "clip_cov": {"clip_ratio": 0.02, "cov_low": 1.0, "cov_high": 5.0},
     },
-    "clip_higher+kl_cov": {"eps_high": 0.28, "kl_cov": {"top_fraction": 0.05, "coef": 1.0}},
 }
+DEFAULT_ARMS = (
+    "grpo",
+    "clip_higher+kl_cov",
+)  # the third arm fits the 12-minute budget only with `--arms all`
 GUARDED = "clip_higher+kl_cov"
 OUT = OUTPUTS / "entropy_collapse"
 
 
-def run_arm(seed: int, arm: str) -> dict:
+def run_arm(seed: int, arm: str, args: argparse.Namespace) -> dict:
     from grpokit.monitoring import read_metrics
     from grpokit.trainers.lm_build import build_trainer
     from grpokit.trainers.lm_config import load_lm_config
@@ -61,12 +73,12 @@ def run_arm(seed: int, arm: str) -> dict:
         grpo_config(
             run_dir,
             seed,
-            steps=STEPS,
-            learning_rate=LEARNING_RATE,
+            steps=args.steps,
+            learning_rate=args.learning_rate,
             max_new_tokens=5,
             eval_every=EVAL_EVERY,
             overrides=ARMS[arm],
-            training={"mini_batches": MINI_BATCHES},
+            training={"num_iterations": args.iterations, "mini_batches": args.mini_batches},
             guards={"entropy": {"floor": ENTROPY_FLOOR, "patience": 3, "action": "warn"}},
         )
     )
@@ -95,7 +107,7 @@ def run_arm(seed: int, arm: str) -> dict:
     return result
 
 
-def plot(path: Path) -> Path:
+def plot(path: Path, seeds: list[int], arms: list[str]) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -105,16 +117,18 @@ def plot(path: Path) -> Path:
     figure = Figure(figsize=(10, 3.6), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     entropy_axes, accuracy_axes = figure.subplots(1, 2)
-    for arm in ARMS:
-        curves = {"train/entropy_mean": [], "eval/mean@4": []}
-        for seed in SEEDS:
-            records = read_metrics(OUT / f"seed{seed}" / arm.replace("+", "_") / "metrics.jsonl")
-            for key in curves:
-                curves[key].append(metric_series(records, key))
+    for arm in arms:
         for axes, key in ((entropy_axes, "train/entropy_mean"), (accuracy_axes, "eval/mean@4")):
-            steps = curves[key][0][0]
-            mean = [statistics.mean(values) for values in zip(*(v for _, v in curves[key]))]
-            axes.plot(steps, mean, label=arm, linewidth=1.6 if arm in ("grpo", GUARDED) else 1.0)
+            series = [
+                metric_series(
+                    read_metrics(OUT / f"seed{seed}" / arm.replace("+", "_") / "metrics.jsonl"), key
+                )
+                for seed in seeds
+            ]
+            mean = [statistics.mean(values) for values in zip(*(values for _, values in series))]
+            axes.plot(
+                series[0][0][: len(mean)], mean, label=arm, linewidth=1.6 if arm in DEFAULT_ARMS else 1.0
+            )
     entropy_axes.axhline(ENTROPY_FLOOR, color="tab:red", linestyle="--", linewidth=0.9, label="alarm floor")
     entropy_axes.set_title("entropy per token (nats), mean over seeds", fontsize=10)
     accuracy_axes.set_title("held-out sampled accuracy mean@4 (%), mean over seeds", fontsize=10)
@@ -128,25 +142,35 @@ def plot(path: Path) -> Path:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
+    parser.add_argument("--iterations", type=int, default=ITERATIONS, help="μ: passes over each rollout")
+    parser.add_argument("--mini-batches", type=int, default=MINI_BATCHES)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--arms", choices=("default", "all"), default="default")
+    args = parser.parse_args()
+    arms = list(ARMS) if args.arms == "all" else list(DEFAULT_ARMS)
     started = time.perf_counter()
     print(
-        f"entropy_collapse: {len(SEEDS)} seeds × {len(ARMS)} arms, {STEPS} GRPO steps at lr {LEARNING_RATE:g} with "
-        f"{MINI_BATCHES} mini-batches per rollout (1 CPU thread; the machine may be shared)",
+        f"entropy_collapse: {len(args.seeds)} seeds × {len(arms)} arms, {args.steps} GRPO steps at lr "
+        f"{args.learning_rate:g}, μ={args.iterations} × {args.mini_batches} mini-batches per rollout "
+        f"(1 CPU thread; the machine may be shared)",
         flush=True,
     )
-    results = {arm: [] for arm in ARMS}
-    for seed in SEEDS:
-        for arm in ARMS:
-            results[arm].append(run_arm(seed, arm))
+    results: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for seed in args.seeds:
+        for arm in arms:
+            results[arm].append(run_arm(seed, arm, args))
     for arm, rows in results.items():
+        per_seed = ", ".join(format(r["acc_end"], ".1f") for r in rows)
         print(
             f"{arm:>22}: entropy_end {statistics.mean(r['entropy_end'] for r in rows):.3f}  "
-            f"acc_end {statistics.mean(r['acc_end'] for r in rows):.1f}  "
-            f"(per seed: {', '.join(format(r['acc_end'], '.1f') for r in rows)}); entropy alarms: "
-            f"{[r['entropy_alarm_step'] for r in rows]}",
+            f"acc_end {statistics.mean(r['acc_end'] for r in rows):.1f} (per seed: {per_seed}); "
+            f"entropy alarm steps {[r['entropy_alarm_step'] for r in rows]}",
             flush=True,
         )
-    png = plot(OUT / "entropy_collapse.png")
+    png = plot(OUT / "entropy_collapse.png", args.seeds, arms)
     print(
         f"plot: {png}; per-run report.html under {OUT}/seed*/*/; {time.perf_counter() - started:.0f} s in all",
         flush=True,

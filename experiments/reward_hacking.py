@@ -190,7 +190,7 @@ def plot(results: list[SeedResult], path: Path) -> Path:
                 [100 * result.gold_restored],
                 color="tab:green",
                 zorder=5,
-                label=f"restored (best of step {result.restored_from_step})",
+                label="restored best-gold policy, fresh-seed score",
             )
         axes.set_title(f"seed {result.seed}", fontsize=10)
         axes.set_xlabel("GRPO step")
@@ -202,7 +202,7 @@ def plot(results: list[SeedResult], path: Path) -> Path:
         handles.update({label: handle for handle, label in zip(*axes.get_legend_handles_labels())})
     figure.legend(
         list(handles.values()),
-        [label.split(" (best")[0] for label in handles],
+        list(handles),
         fontsize=8,
         loc="outside lower center",
         ncol=len(handles),
