@@ -68,7 +68,7 @@ def run_arm(seed: int, arm: str, args: argparse.Namespace) -> dict:
     from grpokit.trainers.lm_config import load_lm_config
 
     setup = build(seed)
-    run_dir = fresh_run_dir(OUT / f"seed{seed}" / arm.replace("+", "_"))
+    run_dir = fresh_run_dir(args.out / f"seed{seed}" / arm.replace("+", "_"))
     config = load_lm_config(
         grpo_config(
             run_dir,
@@ -107,7 +107,7 @@ def run_arm(seed: int, arm: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def plot(path: Path, seeds: list[int], arms: list[str]) -> Path:
+def plot(out: Path, seeds: list[int], arms: list[str]) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -121,7 +121,7 @@ def plot(path: Path, seeds: list[int], arms: list[str]) -> Path:
         for axes, key in ((entropy_axes, "train/entropy_mean"), (accuracy_axes, "eval/mean@4")):
             series = [
                 metric_series(
-                    read_metrics(OUT / f"seed{seed}" / arm.replace("+", "_") / "metrics.jsonl"), key
+                    read_metrics(out / f"seed{seed}" / arm.replace("+", "_") / "metrics.jsonl"), key
                 )
                 for seed in seeds
             ]
@@ -136,6 +136,7 @@ def plot(path: Path, seeds: list[int], arms: list[str]) -> Path:
         axes.set_xlabel("GRPO step")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
+    path = out / "entropy_collapse.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--arms", choices=("default", "all"), default="default")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the runs and the plot go")
     args = parser.parse_args()
     arms = list(ARMS) if args.arms == "all" else list(DEFAULT_ARMS)
     started = time.perf_counter()
@@ -170,9 +172,9 @@ def main() -> None:
             f"entropy alarm steps {[r['entropy_alarm_step'] for r in rows]}",
             flush=True,
         )
-    png = plot(OUT / "entropy_collapse.png", args.seeds, arms)
+    png = plot(args.out, args.seeds, arms)
     print(
-        f"plot: {png}; per-run report.html under {OUT}/seed*/*/; {time.perf_counter() - started:.0f} s in all",
+        f"plot: {png}; per-run report.html under {args.out}/seed*/*/; {time.perf_counter() - started:.0f} s in all",
         flush=True,
     )
 

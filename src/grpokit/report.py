@@ -67,7 +67,7 @@ PANELS: tuple[Panel, ...] = (
     ),
     Panel(
         "Importance ratio",
-        ("train/ratio_mean", "train/ratio_std", "train/ratio_min", "train/ratio_max"),
+        ("train/ratio_mean", "train/ratio_std"),  # min/max spikes would flatten these
         "On-policy the mean is 1; a mean drifting from 1 or a growing spread means stale or biased ratios.",
     ),
     Panel(
