@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         return subprocess.call([str(BIN / "grpokit"), "demo", *extra])
     if command == "test":
-        _run(BIN / "ruff", "check", "src", "tests", "scripts", "bench", "experiments")
+        _run(BIN / "ruff", "check", "src", "tests", "scripts", "bench", "experiments", "examples")
         return subprocess.call([str(PYTHON), "-m", "pytest", "-q", *extra])
     return 0
 

@@ -44,7 +44,7 @@ log = logging.getLogger("grpokit.trainer")
 LM_PLOT_KEYS = (
     "reward/mean", "rewards/*/mean", "eval/*", "frac_reward_zero_std", "train/kl", "train/entropy_mean",
     "train/clip_frac_*", "train/ratio_mean", "completion/length_mean", "completion/truncated_frac",
-    "train/grad_norm", "train/learning_rate", "time/rollout_tokens_per_second",
+    "train/grad_norm", "train/learning_rate", "time/rollout_tokens_per_second", "sampling/prompts_skipped",
 )
 
 

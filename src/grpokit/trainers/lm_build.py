@@ -96,7 +96,8 @@ def build_adaptive_sampler(config: LMTrainConfig, group_size: int, num_prompts: 
             num_prompts, rollouts_per_prompt=budget / config.rollout.prompts_per_step,
             min_group_size=s.min_group_size, max_group_size=max_group_size,
             adaptive_group_size=s.adaptive_group_size, prior_alpha=s.prior_alpha, prior_beta=s.prior_beta,
-            discount=s.discount, success_threshold=s.success_threshold, score=s.score, skip_below=s.skip_below,
-            revisit_floor=s.revisit_floor, calibration_bins=s.calibration_bins, seed=config.training.seed)
+            discount=s.discount, success_threshold=s.success_threshold, score=s.score,
+            skip_below=s.skip_below, revisit_floor=s.revisit_floor, calibration_bins=s.calibration_bins,
+            seed=config.training.seed)
     except ValueError as error:
         raise ConfigError(f"sampling: {error}") from error

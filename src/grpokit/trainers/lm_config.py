@@ -80,19 +80,24 @@ class SamplingConfig:
     """
 
     strategy: Literal["uniform", "adaptive"] = "uniform"
-    rollouts_per_step: int | None = None  # adaptive budget Σ_i G_i; None = prompts_per_step × G (uniform's cost)
+    rollouts_per_step: int | None = None  # adaptive budget Σ_i G_i; None = prompts_per_step × G (as uniform)
     min_group_size: int = 2  # no group smaller: a single completion has no advantage
     max_group_size: int | None = None  # None = 2 × G
     adaptive_group_size: bool = True  # False: every prompt gets rollouts_per_step / prompts_per_step
     # Beta prior of every prompt's pass rate. Jeffreys (½, ½) rather than uniform (1, 1): the pass rates
-    # of a prompt pool pile up at 0 and 1, and one all-equal group should already make a prompt look so.
+    # of a prompt pool pile up at 0 and 1, so one all-equal group should already count for a lot.
     prior_alpha: float = 0.5
     prior_beta: float = 0.5
-    discount: float = 0.9  # λ: α ← λ·α + s, β ← λ·β + (n − s) at each update; 1 = never forget
+    # λ: α ← λ·α + s, β ← λ·β + (n − s) at each update of a prompt, so an older policy's evidence fades;
+    # 1 = never forget (in the bench: R 0.93 instead of 0.64).
+    discount: float = 0.9
     success_threshold: float = 0.5  # a rollout succeeds when its total reward is above this
-    score: Literal["thompson", "expected"] = "thompson"  # a posterior draw, or the expectation
-    skip_below: float = 0.25  # skip prompts whose chance of an informative group is below this
-    revisit_floor: float = 0.05  # fraction of each batch drawn uniformly from all prompts, skipped ones included
+    # Rank prompts by a posterior draw per prompt ("thompson", explores by itself) or by the expectation
+    # ("expected", deterministic: in bench/adaptive_sampling.py it kept re-picking the same prompts and
+    # ended 6 points lower).
+    score: Literal["thompson", "expected"] = "thompson"
+    skip_below: float = 0.25  # skip prompts whose chance of an informative group (mean G) is below this
+    revisit_floor: float = 0.05  # share of each batch drawn uniformly from all prompts, skipped ones included
     calibration_bins: int = 5  # bins of the logged predicted-vs-observed pass rates
 
     def __post_init__(self) -> None:
