@@ -323,7 +323,7 @@ class LMTrainer:
         with MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
                            wandb_project=cfg.logging.wandb_project, config=_config_dict(cfg)) as logger, \
                 TrainingProgress(cfg.training.max_steps, description=f"{self.preset.name}",
-                                 disable=not cfg.logging.progress) as progress:
+                                 disable=not cfg.logging.progress, start_step=self.step) as progress:
             if resumed:
                 logger.truncate_after(self.step)
             elif self.eval_data is not None:
