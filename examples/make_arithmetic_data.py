@@ -58,23 +58,13 @@ def make_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Build the demo-sized model, warm it up on `train_path` (up to `warmup_steps`), save it."""
-    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm, save_policy
-    from grpokit.models.loading import Policy
-    from grpokit.tasks.arithmetic import ALPHABET
+    from grpokit.demo import build_arithmetic_policy
+    from grpokit.models import save_policy
     from grpokit.trainers.sft import supervised_warmup
 
     torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer(ALPHABET)
-    model = build_tiny_causal_lm(
-        len(tokenizer),
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=32,
-        seed=seed,
-    )
+    policy = build_arithmetic_policy(seed)
+    model, tokenizer = policy.model, policy.tokenizer
     records = [json.loads(line) for line in Path(train_path).read_text().splitlines()]
     probe = records[:256]
 
@@ -95,7 +85,7 @@ def make_tiny_model(
             stop_check=reached_target,
             check_every=25,
         )
-    return save_policy(Policy(model, tokenizer, is_lora=False), model_dir)
+    return save_policy(policy, model_dir)
 
 
 def main() -> None:

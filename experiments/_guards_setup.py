@@ -46,27 +46,22 @@ class Setup:
 def build(seed: int, recipe: TinyArithmetic = TinyArithmetic()) -> Setup:
     """Model, data and a warmed-up policy for `seed` (from the cache when present)."""
     from grpokit.data import PromptDataset
-    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm
-    from grpokit.models.loading import Policy
-    from grpokit.tasks.arithmetic import ALPHABET, arithmetic_split
+    from grpokit.demo import build_arithmetic_policy
+    from grpokit.tasks.arithmetic import arithmetic_split
 
     torch.set_num_threads(1)  # tiny matmuls; and OpenMP spinning is 30x slower on a shared CPU
     torch.manual_seed(seed)
     split = arithmetic_split("+", recipe.max_operand, heldout=recipe.heldout, seed=seed)
     train_data = PromptDataset.from_records(split.train, source="arithmetic:train")
     heldout_data = PromptDataset.from_records(split.heldout, source="arithmetic:heldout")
-    tokenizer = build_char_tokenizer(ALPHABET)
-    model = build_tiny_causal_lm(
-        len(tokenizer),
+    policy = build_arithmetic_policy(
+        seed,
         hidden_size=recipe.hidden_size,
         num_layers=recipe.num_layers,
         num_heads=recipe.num_heads,
-        num_kv_heads=recipe.num_heads,
         intermediate_size=recipe.intermediate_size,
-        max_position_embeddings=32,
-        seed=seed,
     )
-    policy = Policy(model, tokenizer, is_lora=False)
+    model = policy.model
 
     key = hashlib.sha256(json.dumps([asdict(recipe), seed], sort_keys=True).encode()).hexdigest()[:12]
     cache = OUTPUTS / "warmup" / f"seed{seed}-{key}.pt"

@@ -62,15 +62,27 @@ class DemoResult:
     seconds: float
 
 
+def build_arithmetic_policy(seed: int = 0, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                            intermediate_size: int = 256):
+    """The demo's policy: a character tokenizer over the arithmetic alphabet and a tiny Qwen2 (random init)."""
+    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm
+    from grpokit.models.loading import Policy
+    from grpokit.tasks.arithmetic import ALPHABET
+
+    tokenizer = build_char_tokenizer(ALPHABET)
+    model = build_tiny_causal_lm(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers,
+                                 num_heads=num_heads, num_kv_heads=num_heads, intermediate_size=intermediate_size,
+                                 max_position_embeddings=32, seed=seed)
+    return Policy(model, tokenizer, is_lora=False)
+
+
 def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: int | None = None,
              recipe: DemoRecipe | None = None, progress: bool = True) -> DemoResult:
     from rich.console import Console
 
     from grpokit.data import PromptDataset
-    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm
-    from grpokit.models.loading import Policy
     from grpokit.rewards import RewardRunner, load_reward
-    from grpokit.tasks.arithmetic import ALPHABET, arithmetic_split
+    from grpokit.tasks.arithmetic import arithmetic_split
     from grpokit.trainers.lm_build import build_trainer
     from grpokit.trainers.lm_config import load_lm_config
 
@@ -88,12 +100,9 @@ def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: int |
     train_data = PromptDataset.from_records(split.train, source="arithmetic:train")
     heldout_data = PromptDataset.from_records(split.heldout, source="arithmetic:heldout")
     probe_data = PromptDataset.from_records(split.train[: recipe.warmup_probe_size], source="arithmetic:probe")
-    tokenizer = build_char_tokenizer(ALPHABET)
-    model = build_tiny_causal_lm(len(tokenizer), hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
-                                 num_heads=recipe.num_heads, num_kv_heads=recipe.num_heads,
-                                 intermediate_size=recipe.intermediate_size, max_position_embeddings=32,
-                                 seed=seed)
-    policy = Policy(model, tokenizer, is_lora=False)
+    policy = build_arithmetic_policy(seed, hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
+                                     num_heads=recipe.num_heads, intermediate_size=recipe.intermediate_size)
+    model = policy.model
     parameters = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]grpokit demo[/]: Qwen2 with {parameters / 1e6:.2f}M parameters, "
                   f"{len(split.train)} training and {len(split.heldout)} held-out additions")
