@@ -1,4 +1,4 @@
-"""`grpokit` command line: train, eval, demo, presets, report."""
+"""`grpokit` command line: train, eval, demo, presets, report, vllm-serve."""
 
 from __future__ import annotations
 
@@ -31,7 +31,29 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write RUN_DIR/report.html (proxy vs gold, entropy, alarms)")
     report.add_argument("run_dir", help="a run directory holding metrics.jsonl")
     report.add_argument("--out", default=None, help="where to write the HTML (default RUN_DIR/report.html)")
+
+    serve = commands.add_parser(
+        "vllm-serve", help="start a vLLM server that trainers connect to (rollout.engine: vllm_server)",
+        description="Start grpokit's vLLM server for MODEL in the vLLM environment (created on first use; "
+                    "see grpokit.rollout.vllm_env). Options after MODEL go to the server: --host, --port, "
+                    "--dtype, --max-model-len, --max-num-seqs, --gpu-memory-utilization, "
+                    "--tensor-parallel-size, --kv-cache-gib, --seed.")
+    serve.add_argument("model", help="local directory or hub id")
+    serve.add_argument("server_args", nargs=argparse.REMAINDER, help="passed to the server")
     return parser
+
+
+def vllm_serve(model: str, server_args: list[str]) -> int:
+    """Replace this process with the vLLM server, run by the vLLM environment's Python."""
+    import os
+
+    from grpokit.rollout.vllm_env import SERVER_SCRIPT, ensure_vllm_python
+
+    python = ensure_vllm_python()
+    command = [str(python), str(SERVER_SCRIPT), model, *server_args]
+    print("+ " + " ".join(command), file=sys.stderr, flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 def print_presets() -> None:
@@ -63,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             print_presets()
+        elif args.command == "vllm-serve":
+            return vllm_serve(args.model, args.server_args)
         elif args.command == "report":
             from grpokit.report import write_report
 

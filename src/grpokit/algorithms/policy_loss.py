@@ -168,12 +168,12 @@ def policy_loss(
         per_token = torch.where(keep, per_token, torch.zeros_like(per_token))
         metrics["top_entropy_frac"] = _masked_mean(keep, valid)
 
-    if preset.behaviour_correction != "none":
-        if behaviour_logp is None:
-            raise ValueError(
-                f"preset {preset.name!r} sets behaviour_correction={preset.behaviour_correction!r}; "
-                "pass behaviour_logp= (the rollout engine's log-probs)"
-            )
+    if preset.behaviour_correction != "none" and behaviour_logp is None:
+        raise ValueError(
+            f"preset {preset.name!r} sets behaviour_correction={preset.behaviour_correction!r}; "
+            "pass behaviour_logp= (the rollout engine's log-probs)"
+        )
+    if behaviour_logp is not None:  # the engine-vs-π_old mismatch is measured (and logged) even uncorrected
         weights, off_policy_metrics = behaviour_importance_weights(
             old_logp,
             behaviour_logp,
@@ -190,7 +190,8 @@ def policy_loss(
                 global_sum=behaviour_weight_mean,
                 global_count=None if behaviour_weight_mean is None else 1.0,
             )
-        per_token = per_token * weights
+        if preset.behaviour_correction != "none":
+            per_token = per_token * weights
         metrics.update({k: v.detach() for k, v in off_policy_metrics.items()})
 
     if preset.beta > 0 and not preset.kl_in_reward and ref_logp is not None:

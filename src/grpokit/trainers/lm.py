@@ -87,6 +87,7 @@ class LMTrainer:
         self.scheduler = self._make_scheduler()
         self.eval_history: list[tuple[int, dict[str, float]]] = []  # (step, eval metrics)
         self.reference_needed = preset.beta > 0
+        self.behaviour_checked = False  # the engine-vs-trainer log-prob check runs before the first update
         if self.reference_needed and not policy.has_reference:
             policy.make_reference()  # a frozen copy; with LoRA the adapter-disabled base serves instead
 
@@ -211,6 +212,8 @@ class LMTrainer:
             batch.old_logprobs = self._logprobs_no_grad(batch, reference=False)
         if self.reference_needed:
             batch.ref_logprobs = self._logprobs_no_grad(batch, reference=True)
+        if not self.behaviour_checked:
+            self._check_behaviour(batch, batch.old_logprobs if needs_old else None)
 
         rewards = scored.rewards.to(torch.float64)
         if self.preset.kl_in_reward and self.reference_needed:
@@ -233,6 +236,19 @@ class LMTrainer:
         if self.preset.overlong_filter:
             batch.loss_mask = overlong_filter_mask(rollout.truncated, batch.loss_mask)
         return batch
+
+    def _check_behaviour(self, batch: TrainingBatch, trainer_logprobs: Tensor | None) -> None:
+        """Fail fast when the engine's log-probs are not the trainer's (see `grpokit.rollout.mismatch`)."""
+        from grpokit.rollout.mismatch import check_behaviour_logprobs
+
+        if trainer_logprobs is None:
+            trainer_logprobs = self._logprobs_no_grad(batch, reference=False)
+        stats = check_behaviour_logprobs(trainer_logprobs, batch.behaviour_logprobs, batch.completion_mask,
+                                         tolerance=self.config.rollout.mismatch_tolerance,
+                                         engine=getattr(self.engine, "name", type(self.engine).__name__))
+        log.info("engine vs trainer log-probs before the first update: mean |Δ| %.2e, max %.2e over %d tokens",
+                 stats["mean_abs"], stats["max_abs"], int(stats["tokens"]))
+        self.behaviour_checked = True
 
     @torch.no_grad()
     def _logprobs_no_grad(self, batch: TrainingBatch, *, reference: bool) -> Tensor:
@@ -319,6 +335,7 @@ class LMTrainer:
 
         cfg = self.config
         resumed = resume_latest(self) if cfg.checkpoint.resume else False
+        self.engine.sync_weights(self.model)  # the engine starts from the (resumed, warmed-up) policy
         last_eval: dict[str, float] = {}
         with MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
                            wandb_project=cfg.logging.wandb_project, config=_config_dict(cfg)) as logger, \
@@ -367,12 +384,16 @@ class LMTrainer:
         batch = self.prepare(scored)
         stats = self.update(batch, step)
         train_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        self.engine.sync_weights(self.model)  # the next rollout samples from the updated policy
+        sync_seconds = time.perf_counter() - started
         metrics = step_metrics(scored, batch, stats)
         tokens = float(scored.rollout.completion_mask.sum())
         self.tokens_seen += int(tokens)
         metrics.update({
             "time/rollout_seconds": rollout_seconds,
             "time/train_seconds": train_seconds,
+            "time/weight_sync_seconds": sync_seconds,
             "time/rollout_tokens_per_second": tokens / max(rollout_seconds, 1e-9),
             "time/train_tokens_per_second": tokens * self.config.training.num_iterations / max(train_seconds, 1e-9),
             "train/learning_rate": self.scheduler.get_last_lr()[0],

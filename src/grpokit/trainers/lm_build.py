@@ -20,6 +20,10 @@ def build_preset(config: LMTrainConfig):
         raise ConfigError(f"algorithm: {error}") from error
     if config.rollout.num_generations is not None:
         preset = dataclasses.replace(preset, num_generations=config.rollout.num_generations)
+    if (config.rollout.engine != "inprocess" and preset.behaviour_correction == "none"
+            and "behaviour_correction" not in config.algorithm.overrides):
+        # vLLM's kernels are not the trainer's: truncated IS (token level, cap behaviour_cap) by default.
+        preset = dataclasses.replace(preset, behaviour_correction="tis")
     return preset
 
 
@@ -53,8 +57,6 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
     from accelerate import Accelerator
 
     from grpokit.data import PromptSampler, load_prompt_dataset
-    from grpokit.rollout.inprocess import InProcessEngine
-
     torch.manual_seed(config.training.seed)
     preset = build_preset(config)
     reward_runner = reward_runner or build_rewards(config)
@@ -67,7 +69,7 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
     policy = policy or build_policy(config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     policy.model.to(accelerator.device)
-    engine = InProcessEngine(policy.model, policy.tokenizer, device=accelerator.device)
+    engine = build_engine(config, policy, accelerator.device)
     if sampler is None and config.sampling.strategy == "adaptive":
         sampler = build_adaptive_sampler(config, preset.num_generations, len(train_data))
         from grpokit.sampling import PosteriorTableWriter
@@ -82,6 +84,30 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
     return LMTrainer(config, policy=policy, engine=engine, train_data=train_data, sampler=sampler,
                      reward_runner=reward_runner, preset=preset, eval_data=eval_data, accelerator=accelerator,
                      callbacks=callbacks)
+
+
+def build_engine(config: LMTrainConfig, policy, device):
+    """The rollout engine `rollout.engine` names, sampling from (a synced copy of) `policy`."""
+    r = config.rollout
+    generation_config = getattr(policy.model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if r.engine == "vllm_server":
+        from grpokit.rollout.vllm_engine import VLLMServerEngine
+
+        return VLLMServerEngine(r.vllm.server_url, policy.tokenizer, timeout=r.vllm.request_timeout,
+                                eos_token_ids=eos_ids, device=device)
+    if r.engine == "vllm_colocate":
+        from grpokit.rollout.vllm_engine import VLLMColocateEngine
+
+        v = r.vllm
+        return VLLMColocateEngine(v.model or config.model.name_or_path, policy.tokenizer, dtype=v.dtype,
+                                  max_model_len=v.max_model_len, gpu_memory_utilization=v.gpu_memory_utilization,
+                                  kv_cache_gib=v.kv_cache_gib, enable_sleep_mode=v.enable_sleep_mode,
+                                  seed=config.training.seed, eos_token_ids=eos_ids, device=device)
+    from grpokit.rollout.inprocess import InProcessEngine
+
+    return InProcessEngine(policy.model, policy.tokenizer, device=device)
 
 
 def build_adaptive_sampler(config: LMTrainConfig, group_size: int, num_prompts: int):

@@ -58,8 +58,30 @@ class AlgorithmConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """`rollout.engine: vllm_colocate | vllm_server` (see `grpokit.rollout.vllm_engine`)."""
+
+    server_url: str = "http://127.0.0.1:8000"  # vllm_server: where `grpokit vllm-serve MODEL` listens
+    request_timeout: float = 600.0  # vllm_server: seconds per HTTP request (a generation or a weight push)
+    model: str | None = None  # vllm_colocate: what vLLM loads; None = model.name_or_path (weights synced at start)
+    dtype: str = "auto"  # vllm_colocate; "auto" = the checkpoint's
+    max_model_len: int | None = None  # vllm_colocate; None = the model's maximum
+    gpu_memory_utilization: float = 0.3  # vllm_colocate on GPU: the share vLLM may take; training gets the rest
+    kv_cache_gib: float | None = 1.0  # vllm_colocate: KV cache size (vLLM's CPU default takes most of the RAM)
+    enable_sleep_mode: bool = False  # vllm_colocate on GPU: free vLLM's memory between rollouts
+
+
+@dataclass
 class RolloutConfig:
-    engine: Literal["inprocess"] = "inprocess"
+    # inprocess: the policy samples itself; vllm_colocate: a vLLM LLM in this process; vllm_server: a
+    # `grpokit vllm-serve` server at rollout.vllm.server_url. With a vLLM engine the preset's behaviour
+    # correction defaults to truncated IS (token level, cap 2) unless algorithm.overrides sets
+    # behaviour_correction (e.g. "none").
+    engine: Literal["inprocess", "vllm_colocate", "vllm_server"] = "inprocess"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    # Before the first update, the trainer recomputes the sampled tokens' log-probs and fails when the
+    # mean |log π_trainer − log μ_engine| over tokens exceeds this (wrong weights, dtype or template).
+    mismatch_tolerance: float = 0.05
     num_generations: int | None = None  # G; None = the preset's
     prompts_per_step: int = 16
     max_new_tokens: int = 256

@@ -1,0 +1,171 @@
+"""A vLLM generation server that grpokit trainers connect to by URL and push new weights into.
+
+Run by `grpokit vllm-serve MODEL` (which finds or creates the vLLM environment), or directly:
+
+    <vllm-env>/bin/python path/to/grpokit/vllm_server/app.py MODEL --port 8000
+
+Endpoints (JSON unless said otherwise):
+- GET  /health          → {"status": "ok", "model": ..., "weight_version": k, "dtype": ...}
+- POST /generate        {"prompt_token_ids": [[int]], "n": int, "seeds": [int] | null, "temperature",
+                          "top_p", "top_k", "max_tokens", "stop_token_ids": [int]}
+                        → {"rows": [{"token_ids": [int], "logprobs": [float], "finish_reason": str}]},
+                          prompt-major (the n completions of prompt 0 first). `logprobs` are vLLM's
+                          processed log-probs of the sampled tokens (after temperature, top-k, top-p).
+- POST /score           {"prompt_token_ids": [[int]], "completion_token_ids": [[int]]}
+                        → {"logprobs": [[float]]}: log π(completion token | prefix) at temperature 1,
+                          for checking a weight sync on a fixed completion.
+- POST /update_weights  body: a safetensors file (application/octet-stream) holding a chunk of the
+                        model's parameters under their Hugging Face names; headers `X-Last-Chunk: 0|1`
+                        and `X-Weight-Version: k`. Chunks are buffered; with the last one the whole
+                        set is loaded by vLLM's in-place `reload_weights` (the model's own loader,
+                        which knows its fused qkv / gate-up layouts and re-runs per-layer
+                        post-processing), the prefix cache is reset (its KV entries were computed
+                        with the old weights), and the version is recorded.
+
+Tokens in, tokens out: the server never tokenizes (`skip_tokenizer_init`), so the trainer's
+tokenizer and chat template are the only ones in play. One lock serializes generation and weight
+loading: a weight update never lands in the middle of a generation.
+"""
+
+
+import argparse
+import os
+import threading
+
+# Keep vLLM's engine core in this process: `apply_model` then hands tensors to the model directly.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def build_llm(args: argparse.Namespace):
+    from vllm import LLM
+
+    kwargs = dict(
+        model=args.model, dtype=args.dtype, seed=args.seed, enforce_eager=args.enforce_eager,
+        skip_tokenizer_init=True, logprobs_mode="processed_logprobs", max_num_seqs=args.max_num_seqs,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
+    )
+    if args.max_model_len is not None:
+        kwargs["max_model_len"] = args.max_model_len
+    if args.kv_cache_gib is not None:  # vLLM's CPU backend otherwise takes most of the machine's RAM
+        kwargs["kv_cache_memory_bytes"] = int(args.kv_cache_gib * 2**30)
+    return LLM(**kwargs)
+
+
+def reload_weights(llm, weights: list) -> None:
+    """Load (HF name, tensor) pairs into the running model and forget KV entries of the old weights.
+
+    The worker's `reload_weights` re-runs the loader's per-layer post-processing (CPU and quantized
+    layers repack their weights after loading), which a bare `model.load_weights` would skip.
+    """
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+    llm.reset_prefix_cache()
+
+
+def completion_logprobs(output, prompt_length: int, completion: list) -> list:
+    """The prompt log-probs vLLM computed for the completion part of prompt ++ completion."""
+    entries = output.prompt_logprobs[prompt_length:]
+    return [entry[int(token)].logprob for entry, token in zip(entries, completion)]
+
+
+def create_app(llm, model_name: str):
+    from fastapi import FastAPI, HTTPException, Request
+    from safetensors.torch import load as load_safetensors
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    app = FastAPI(title="grpokit vLLM server")
+    lock = threading.Lock()
+    state = {"weight_version": 0, "pending": {}}  # pending: chunks of an update not yet complete
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": model_name, "weight_version": state["weight_version"],
+                "dtype": str(llm.llm_engine.model_config.dtype)}
+
+    @app.post("/generate")
+    def generate(request: dict) -> dict:
+        try:
+            prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in request["prompt_token_ids"]]
+            n = int(request["n"])
+            seeds = request.get("seeds") or [None] * len(prompts)
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+            params = [
+                SamplingParams(
+                    n=n, seed=seed, temperature=float(request["temperature"]), top_p=float(request["top_p"]),
+                    top_k=int(request["top_k"]) if int(request["top_k"]) > 0 else -1,  # vLLM: -1 = off
+                    max_tokens=int(request["max_tokens"]), stop_token_ids=list(request["stop_token_ids"]),
+                    logprobs=0, detokenize=False, skip_special_tokens=False,
+                )
+                for seed in seeds
+            ]
+        except (KeyError, TypeError, ValueError) as error:
+            raise HTTPException(status_code=422, detail=f"bad /generate request: {error!r}") from error
+        with lock:
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+        rows = []
+        for output in outputs:
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                logprobs = [entry[token].logprob for token, entry in zip(completion.token_ids, completion.logprobs)]
+                rows.append({"token_ids": list(completion.token_ids), "logprobs": logprobs,
+                             "finish_reason": completion.finish_reason})
+        return {"rows": rows}
+
+    @app.post("/score")
+    def score(request: dict) -> dict:
+        """Log-probs (temperature 1) of given completions: {"prompt_token_ids", "completion_token_ids"}."""
+        try:
+            pairs = list(zip(request["prompt_token_ids"], request["completion_token_ids"], strict=True))
+        except (KeyError, TypeError, ValueError) as error:
+            raise HTTPException(status_code=422, detail=f"bad /score request: {error!r}") from error
+        prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in p + c]) for p, c in pairs]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        with lock:
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+        return {"logprobs": [completion_logprobs(o, len(p), c) for o, (p, c) in zip(outputs, pairs)]}
+
+    @app.post("/update_weights")
+    async def update_weights(request: Request) -> dict:
+        body = await request.body()
+        try:
+            tensors = load_safetensors(body)
+        except Exception as error:  # a truncated or foreign body
+            raise HTTPException(status_code=422, detail=f"body is not a safetensors file: {error}") from error
+        state["pending"].update(tensors)
+        if request.headers.get("X-Last-Chunk", "1") != "1":
+            return {"received": len(tensors), "pending": len(state["pending"])}
+        weights, state["pending"] = list(state["pending"].items()), {}
+        version = int(request.headers.get("X-Weight-Version", state["weight_version"] + 1))
+        with lock:
+            reload_weights(llm, weights)
+            state["weight_version"] = version
+        return {"loaded": len(weights), "weight_version": version}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="local directory or hub id of a causal LM vLLM can load")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--kv-cache-gib", type=float, default=None,
+                        help="KV cache size in GiB (on CPU, vLLM's default takes most of the RAM)")
+    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    llm = build_llm(args)
+    uvicorn.run(create_app(llm, args.model), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def build_vllm_test_model(directory: Path, seed: int = 0) -> Path:
+    """A tiny Qwen2 (head dim 32: vLLM's CPU attention has no kernel for 16) + char tokenizer, saved."""
+    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                                 intermediate_size=128, initializer_range=0.2, seed=seed)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory) -> Path:
+    return build_vllm_test_model(tmp_path_factory.mktemp("vllm_model"))
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The vLLM environment's interpreter, created on first use (a few minutes, once; see vllm_env)."""
+    from grpokit.rollout.vllm_env import ensure_vllm_python
+
+    return ensure_vllm_python(with_grpokit=True)
+
+
+@pytest.fixture(scope="session")
+def vllm_server_url(vllm_python, vllm_model_dir, tmp_path_factory):
+    """A real `grpokit vllm-serve` server on the tiny model (float32, 1 GiB KV cache), for the session."""
+    from grpokit.rollout.vllm_env import vllm_server
+
+    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    with vllm_server(str(vllm_model_dir), python=vllm_python, log_path=log_path, timeout=300,
+                     args=("--dtype", "float32", "--kv-cache-gib", "1", "--max-model-len", "256")) as url:
+        yield url
+
+
+def addition_records(limit: int = 10) -> list[dict]:
+    return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(limit) for b in range(limit)]
+
+
+def _make_vllm_trainer(tmp_path, engine: str, model_dir: Path, *, server_url: str | None = None,
+                       policy_seed: int | None = None, vllm_model: Path | None = None, steps: int = 2):
+    """A 2-step GRPO trainer on the tiny model whose rollouts come from a vLLM engine."""
+    from grpokit.data import PromptDataset
+    from grpokit.trainers.lm_build import build_trainer
+    from grpokit.trainers.lm_config import load_lm_config
+
+    if policy_seed is not None:  # a policy unlike the model vLLM loaded
+        model_dir = build_vllm_test_model(tmp_path / f"policy_seed_{policy_seed}", seed=policy_seed)
+    rollout = {"engine": engine, "prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 6,
+               "vllm": {"dtype": "float32", "kv_cache_gib": 1, "max_model_len": 256}}
+    if server_url is not None:
+        rollout["vllm"]["server_url"] = server_url
+    if vllm_model is not None:  # colocated vLLM loads this instead of the policy's checkpoint
+        rollout["vllm"]["model"] = str(vllm_model)
+    config = load_lm_config({
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"path": "unused-when-data-is-passed"},
+        "rewards": [{"function": "exact_match"}],
+        "algorithm": {"preset": "grpo", "overrides": {"beta": 0.0}},
+        "rollout": rollout,
+        "training": {"max_steps": steps, "micro_batch_size": 8, "learning_rate": 1e-2},
+        "eval": {"every_steps": 0},
+        "logging": {"run_dir": str(tmp_path / "run"), "progress": False, "tensorboard": False, "plot": False},
+    })
+    data = PromptDataset.from_records(addition_records())
+    return build_trainer(config, train_data=data)
+
+
+@pytest.fixture
+def make_vllm_trainer():
+    """`make_vllm_trainer(tmp_path, engine, model_dir, server_url=, policy_seed=, vllm_model=)` → LMTrainer."""
+    return _make_vllm_trainer

