@@ -278,3 +278,28 @@ def test_finished_rows_leave_the_forward_batch(model, tokenizer):
     expected = [int((lengths > t + 1).sum()) for t in range(batch.completion_ids.shape[1] - 1)]
     assert decode_batch_sizes == [size for size in expected if size > 0]
     assert decode_batch_sizes[-1] < 24  # this seed stops some rows early (see the EOS test)
+
+
+def test_with_prompt_seeds_a_prompt_samples_the_same_completions_alone_or_in_a_bigger_batch(engine):
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=0)
+    alone = engine.generate(["12+34="], 4, params, prompt_seeds=[99])
+    # Another prompt before it (different padding, rows, batch seed) and a different call seed.
+    batched = engine.generate(
+        ["7=", "12+34=", "1+2="], 4, SamplingParams(max_new_tokens=6, seed=5), prompt_seeds=[1, 99, 2]
+    )
+    assert batched.completions[4:8] == alone.completions
+    assert torch.equal(batched.completion_mask[4:8, : alone.completion_mask.shape[1]], alone.completion_mask)
+    torch.testing.assert_close(
+        batched.behaviour_logprobs[4:8, : alone.behaviour_logprobs.shape[1]],
+        alone.behaviour_logprobs,
+        rtol=0,
+        atol=1e-5,
+    )
+    # ...and a different seed for that prompt draws different completions (the test can fail).
+    other = engine.generate(["12+34="], 4, params, prompt_seeds=[100])
+    assert other.completions != alone.completions
+
+
+def test_prompt_seeds_must_match_the_prompts(engine):
+    with pytest.raises(ValueError, match="prompt seeds"):
+        engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=2), prompt_seeds=[1])

@@ -51,3 +51,16 @@ def test_a_single_size_is_one_plain_engine_call_with_the_given_seed():
 
 def test_columns_are_repeated_once_per_row_of_their_group():
     assert expand_per_group({"answer": ["1", "2"]}, [1, 3]) == {"answer": ["1", "2", "2", "2"]}
+
+
+class _SeedRecordingEngine(_RecordingEngine):
+    def generate(self, prompts, n, sampling, *, prompt_seeds=None):
+        self.calls.append((list(prompts), n, list(prompt_seeds)))
+        return super().generate(prompts, n, sampling)
+
+
+def test_each_prompt_seed_travels_with_its_prompt_into_the_per_size_calls():
+    engine = _SeedRecordingEngine()
+    generate_groups(engine, ["a", "bbb", "cc"], [3, 2, 3], SamplingParams(seed=10), prompt_seeds=[11, 22, 33])
+    seeded_calls = [call for call in engine.calls if isinstance(call[2], list)]
+    assert seeded_calls == [(["bbb"], 2, [22]), (["a", "cc"], 3, [11, 33])]

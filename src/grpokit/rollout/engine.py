@@ -12,8 +12,20 @@ from grpokit.rollout.types import RolloutBatch, SamplingParams
 class RolloutEngine(Protocol):
     """Samples n completions per prompt from the current policy."""
 
-    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams) -> RolloutBatch:
-        """Return a prompt-major batch of len(prompts)·n rows (see `RolloutBatch`)."""
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        sampling: SamplingParams,
+        *,
+        prompt_seeds: Sequence[int] | None = None,
+    ) -> RolloutBatch:
+        """Return a prompt-major batch of len(prompts)·n rows (see `RolloutBatch`).
+
+        `prompt_seeds[j]` seeds the completions of `prompts[j]` alone, so they do not depend on which
+        other prompts share the call (multi-process training shards prompts across ranks); None:
+        one stream from `sampling.seed` for the whole call.
+        """
         ...
 
     def sync_weights(self, model: Any) -> None:

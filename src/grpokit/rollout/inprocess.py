@@ -33,7 +33,7 @@ from grpokit.models.logprobs import position_ids_from_attention_mask
 from grpokit.rollout.sampling import sample_next_tokens, top_k_filter, top_p_filter
 from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams
 
-__all__ = ["InProcessEngine", "sample_next_tokens", "top_k_filter", "top_p_filter"]
+__all__ = ["InProcessEngine", "per_prompt_uniforms", "sample_next_tokens", "top_k_filter", "top_p_filter"]
 
 
 def _cache_argument_name(model: nn.Module) -> str:
@@ -46,6 +46,21 @@ def _output_cache(outputs: Any) -> Any:
     """The KV cache a forward returned (under `cache` or, in older transformers, `past_key_values`)."""
     cache = outputs.get("cache") if hasattr(outputs, "get") else None
     return cache if cache is not None else outputs.past_key_values
+
+
+def per_prompt_uniforms(prompt_seeds: Sequence[int], n: int, max_new_tokens: int) -> Tensor:
+    """[len(prompt_seeds)·n, max_new_tokens] float64 uniforms in [0, 1), prompt-major.
+
+    Rows j·n .. j·n+n−1 come from one CPU generator seeded by `prompt_seeds[j]` only (on CPU, so
+    the draws are the same on every device); entry [r, t] is the number row r uses at decoding step t.
+    """
+    blocks = [
+        torch.rand(
+            (n, max_new_tokens), generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64
+        )
+        for seed in prompt_seeds
+    ]
+    return torch.cat(blocks)
 
 
 class InProcessEngine:
@@ -99,23 +114,41 @@ class InProcessEngine:
             prompt_mask[row, width - len(ids) :] = 1
         return prompt_ids.to(self.device), prompt_mask.to(self.device)
 
-    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams) -> RolloutBatch:
-        """Sample n completions for each prompt; rows are prompt-major (see `RolloutBatch`)."""
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        sampling: SamplingParams,
+        *,
+        prompt_seeds: Sequence[int] | None = None,
+    ) -> RolloutBatch:
+        """Sample n completions for each prompt; rows are prompt-major (see `RolloutBatch`).
+
+        With `prompt_seeds`, prompt j's rows draw their random numbers from a generator seeded by
+        `prompt_seeds[j]` alone, so its completions are the same whichever prompts share the call.
+        """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not prompts:
             raise ValueError("no prompts")
+        if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(prompt_seeds)} prompt seeds")
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                return self._generate(list(prompts), n, sampling)
+                return self._generate(list(prompts), n, sampling, prompt_seeds)
         finally:
             self.model.train(was_training)
 
-    def _generate(self, prompts: list[str], n: int, sampling: SamplingParams) -> RolloutBatch:
+    def _generate(
+        self, prompts: list[str], n: int, sampling: SamplingParams, prompt_seeds: Sequence[int] | None = None
+    ) -> RolloutBatch:
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        row_uniforms = None
+        if prompt_seeds is not None and sampling.temperature != 0.0:
+            row_uniforms = per_prompt_uniforms(prompt_seeds, n, sampling.max_new_tokens).to(self.device)
         stop_ids = torch.tensor(self.stop_token_ids(sampling), dtype=torch.long, device=self.device)
 
         unique_ids, unique_mask = self._encode_left_padded(prompts)
@@ -153,7 +186,12 @@ class InProcessEngine:
 
             for step in range(max_new_tokens):
                 tokens, logp = sample_next_tokens(
-                    next_logits, sampling.temperature, sampling.top_k, sampling.top_p, generator
+                    next_logits,
+                    sampling.temperature,
+                    sampling.top_k,
+                    sampling.top_p,
+                    generator,
+                    uniforms=None if row_uniforms is None else row_uniforms[active, step],
                 )
                 completion_ids[active, step] = tokens
                 behaviour_logprobs[active, step] = logp

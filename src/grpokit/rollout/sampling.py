@@ -80,9 +80,19 @@ def inverse_cdf_sample(weights: Tensor, uniforms: Tensor, *, block_size: int = C
 
 
 def sample_next_tokens(
-    logits: Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator
+    logits: Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+    *,
+    uniforms: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw one token per row from [B, V] logits; return (tokens [B] long, behaviour logp [B] float32).
+
+    `uniforms` [B] in [0, 1) (float64): each row's random number, drawn by the caller (e.g. from a
+    per-prompt generator, so a row's token does not depend on the other rows); None: drawn here
+    from `generator`.
 
     τ > 0: draw from softmax(top_p(top_k(logits / τ))); logp = log softmax(logits / τ)[token].
     τ = 0: token = argmax(logits); logp = log softmax(logits)[token].
@@ -99,6 +109,7 @@ def sample_next_tokens(
         if top_k > 0 or top_p < 1.0:
             filtered = top_p_filter(top_k_filter(scaled, top_k), top_p)
             weights = probs.masked_fill(filtered == float("-inf"), 0.0)
-        uniforms = torch.rand(len(logits), generator=generator, dtype=torch.float64, device=logits.device)
+        if uniforms is None:
+            uniforms = torch.rand(len(logits), generator=generator, dtype=torch.float64, device=logits.device)
         tokens = inverse_cdf_sample(weights, uniforms)
     return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1).log()

@@ -283,6 +283,7 @@ class VLLMServerEngine(_TokenEngine):
     """Client of a `grpokit vllm-serve MODEL` server at `url` (generation and weight pushes over HTTP)."""
 
     name = "vllm_server"
+    shared_across_ranks = True  # every training process talks to the same server: rank 0 alone pushes
 
     def __init__(self, url: str, tokenizer: Any, *, timeout: float = 600.0, chunk_bytes: int = 256 * 2**20,
                  eos_token_ids: Sequence[int] = (), device: str | torch.device = "cpu") -> None:

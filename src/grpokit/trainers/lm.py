@@ -36,6 +36,13 @@ from grpokit.algorithms import (
 from grpokit.algorithms.presets import Preset
 from grpokit.rollout.types import RolloutBatch, SamplingParams
 from grpokit.trainers.batching import TrainingBatch, micro_batch_rows, mini_batch_rows, model_inputs
+from grpokit.trainers.distributed import (
+    DataParallel,
+    NullLogger,
+    check_multiprocess_config,
+    merge_update_stats,
+    prompt_seed,
+)
 from grpokit.trainers.lm_config import LMTrainConfig
 
 log = logging.getLogger("grpokit.trainer")
@@ -90,6 +97,11 @@ class LMTrainer:
         self.behaviour_checked = False  # the engine-vs-trainer log-prob check runs before the first update
         if self.reference_needed and not policy.has_reference:
             policy.make_reference()  # a frozen copy; with LoRA the adapter-disabled base serves instead
+        # Multi-process (see grpokit.trainers.distributed): rank, collectives, and the DDP-wrapped training
+        # forward (None in one process). Sampling, reference, saving and evaluation use the bare module.
+        self.parallel = DataParallel(accelerator)
+        check_multiprocess_config(config, preset, self.parallel.world_size)
+        self.train_module = self.parallel.wrap(policy.model)
 
     # ------------------------------------------------------------------ set-up
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -163,12 +175,17 @@ class LMTrainer:
     def _generate_and_score(self, indices: list[int], step: int, round_index: int) -> ScoredRollout:
         from grpokit.sampling.groups import expand_per_group, generate_groups
 
-        prompts = [self.train_data.render(i, self.policy.tokenizer) for i in indices]
         params = self.sampling_params(step * 17 + round_index)
+        # One seed per prompt of the global batch, then this rank's contiguous slice of whole groups:
+        # what a prompt samples does not depend on how many processes share the batch.
+        seeds = [prompt_seed(params.seed, index, position) for position, index in enumerate(indices)]
+        start, end = self.parallel.shard(len(indices))
+        indices, seeds = indices[start:end], seeds[start:end]
+        prompts = [self.train_data.render(i, self.policy.tokenizer) for i in indices]
         choose_sizes = getattr(self.sampler, "group_sizes", None)  # adaptive samplers pick G per prompt
         sizes = choose_sizes(indices) if choose_sizes is not None else [self.group_size] * len(indices)
         rollout = generate_groups(self.engine, prompts, sizes, params,
-                                  pad_token_id=self.policy.tokenizer.pad_token_id or 0)
+                                  pad_token_id=self.policy.tokenizer.pad_token_id or 0, prompt_seeds=seeds)
         columns = expand_per_group(self.train_data.columns_for(indices), sizes)
         result = self.reward_runner.score(
             prompts=rollout.prompts, completions=rollout.completions,
@@ -225,12 +242,17 @@ class LMTrainer:
         weights = self._reward_weights(rewards.shape[1])
         valid = ~torch.isnan(_weighted_total(rewards, weights))
         rewards[~valid] = float("nan")  # a row with any None reward leaves its group's statistics
+        group_ids, first_row = rollout.group_ids, 0
+        if self.parallel.enabled:  # batch-level statistics (batch std) over every rank's rows
+            rewards, group_ids, first_row = self.parallel.global_rewards(rewards, group_ids)
         if self.preset.advantage == "rloo":
-            advantages = rloo_advantages(_weighted_total(rewards, weights), rollout.group_ids)
+            advantages = rloo_advantages(_weighted_total(rewards, weights), group_ids)
         else:
-            advantages = combine_rewards(rewards, weights, rollout.group_ids, mode=self.preset.multi_reward,
+            advantages = combine_rewards(rewards, weights, group_ids, mode=self.preset.multi_reward,
                                          scale=self.preset.advantage, std=self.preset.std,
                                          eps=self.preset.advantage_eps)
+        if self.parallel.enabled:  # this rank's rows
+            advantages = advantages[first_row : first_row + len(rollout)].to(rollout.group_ids.device)
         batch.advantages = advantages.float()
         batch.loss_mask[~valid] = 0  # a None/NaN reward gives its completion zero weight
         if self.preset.overlong_filter:
@@ -265,6 +287,10 @@ class LMTrainer:
         from grpokit.models.logprobs import sequence_logprobs
 
         input_ids, attention_mask, num_completion = model_inputs(micro)
+        if model is None and self.train_module is not None:  # the DDP-wrapped training forward
+            return self.train_module(input_ids, attention_mask, num_completion,
+                                     temperature=self.config.rollout.temperature, with_entropy=with_entropy,
+                                     chunk_size=self.config.training.logprob_chunk_size)
         return sequence_logprobs(
             model if model is not None else self.model, input_ids, attention_mask, num_completion,
             temperature=self.config.rollout.temperature, with_entropy=with_entropy,
@@ -290,22 +316,24 @@ class LMTrainer:
     def _optimizer_step(self, batch: TrainingBatch, rows: Tensor) -> dict[str, float]:
         t = self.config.training
         mini = batch.select(rows)
-        num_tokens = int(mini.loss_mask.sum())
-        num_sequences = len(mini)
+        # Every aggregation divides by the counts of the global mini-batch: Σ over ranks.
+        num_tokens, num_sequences = (int(c) for c in self.parallel.sum([mini.loss_mask.sum(), len(mini)]))
         self.optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
         token_weights: dict[str, float] = {}
-        for micro_rows in micro_batch_rows(torch.arange(len(mini)), t.micro_batch_size):
+        micro_batches = micro_batch_rows(torch.arange(len(mini)), t.micro_batch_size)
+        for index, micro_rows in enumerate(micro_batches):
             micro = mini.select(micro_rows)
-            logp, entropy = self._forward_logprobs(micro, with_entropy=True)
-            old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
-            loss, metrics = policy_loss(
-                self.preset, logp, old, micro.advantages, micro.loss_mask,
-                ref_logp=micro.ref_logprobs, behaviour_logp=micro.behaviour_logprobs, entropy=entropy,
-                num_sequences=num_sequences, num_tokens=max(num_tokens, 1),
-                max_len=self.config.rollout.max_new_tokens,
-            )
-            self._backward(loss)
+            with self.parallel.sync_context(self.train_module, last=index == len(micro_batches) - 1):
+                logp, entropy = self._forward_logprobs(micro, with_entropy=True)
+                old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
+                loss, metrics = policy_loss(
+                    self.preset, logp, old, micro.advantages, micro.loss_mask,
+                    ref_logp=micro.ref_logprobs, behaviour_logp=micro.behaviour_logprobs, entropy=entropy,
+                    num_sequences=num_sequences, num_tokens=max(num_tokens, 1),
+                    max_len=self.config.rollout.max_new_tokens,
+                )
+                self._backward(loss * self.parallel.loss_scale)  # × W: DDP averages gradients over ranks
             share = float(micro.loss_mask.sum()) / max(num_tokens, 1)
             stats["loss"] = stats.get("loss", 0.0) + float(loss.detach())
             for key, value in metrics.items():
@@ -317,6 +345,8 @@ class LMTrainer:
                 else:  # token-weighted mean over the mini-batch
                     stats[key] = stats.get(key, 0.0) + share * value
                     token_weights[key] = token_weights.get(key, 0.0) + share
+        if self.parallel.enabled:  # every rank's share of the global mini-batch's stats
+            stats, token_weights = merge_update_stats(self.parallel.gather((stats, token_weights)))
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm)
         self.optimizer.step()
@@ -335,35 +365,39 @@ class LMTrainer:
 
         cfg = self.config
         resumed = resume_latest(self) if cfg.checkpoint.resume else False
-        self.engine.sync_weights(self.model)  # the engine starts from the (resumed, warmed-up) policy
+        self._sync_engine()  # the engine starts from the (resumed, warmed-up) policy
         last_eval: dict[str, float] = {}
-        with MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
-                           wandb_project=cfg.logging.wandb_project, config=_config_dict(cfg)) as logger, \
+        main = self.parallel.is_main  # only rank 0 logs, shows progress, writes files
+        with (MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
+                            wandb_project=cfg.logging.wandb_project, config=_config_dict(cfg))
+              if main else NullLogger()) as logger, \
                 TrainingProgress(cfg.training.max_steps, description=f"{self.preset.name}",
-                                 disable=not cfg.logging.progress, start_step=self.step) as progress:
+                                 disable=not (cfg.logging.progress and main),
+                                 start_step=self.step) as progress:
             if resumed:
                 logger.truncate_after(self.step)
             elif self.eval_data is not None:
-                last_eval = self.evaluate()
+                last_eval = self._evaluate_on_main()
                 logger.log(0, last_eval)
             while self.step < cfg.training.max_steps and not self.should_stop:
                 metrics = self.train_step(self.step)
                 self.step += 1
                 if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_data is not None:
-                    last_eval = self.evaluate()
+                    last_eval = self._evaluate_on_main()
                     metrics.update(last_eval)
                 self._notify("on_step_end", self.step, metrics)
+                self.should_stop = self.parallel.broadcast(self.should_stop)  # callbacks ran on rank 0
                 logger.log(self.step, metrics)
                 shown = {"reward": "reward/mean", "kl": "train/kl", "len": "completion/length_mean"}
                 progress.update(self.step, **{k: metrics[v] for k, v in shown.items() if v in metrics})
                 if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
-                    save_checkpoint(self)
+                    self._save_on_main(save_checkpoint)
             if self.eval_data is not None and not (cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0):
-                last_eval = self.evaluate()
+                last_eval = self._evaluate_on_main()
                 logger.log(self.step, last_eval)
-        save_checkpoint(self)
+        self._save_on_main(save_checkpoint)
         self._notify("on_train_end")
-        if cfg.logging.plot:
+        if cfg.logging.plot and main:
             from grpokit.monitoring import plot_metrics
 
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", keys=LM_PLOT_KEYS)
@@ -385,10 +419,13 @@ class LMTrainer:
         stats = self.update(batch, step)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        self.engine.sync_weights(self.model)  # the next rollout samples from the updated policy
+        self._sync_engine()  # the next rollout samples from the updated policy
         sync_seconds = time.perf_counter() - started
-        metrics = step_metrics(scored, batch, stats)
-        tokens = float(scored.rollout.completion_mask.sum())
+        # Batch metrics of the whole global batch: every rank's per-row values, gathered.
+        metrics = step_metrics(*(self.parallel.global_step_view(scored, batch) if self.parallel.enabled
+                                 else (scored, batch)), stats)
+        tokens, sampler_metrics["rollouts/step"] = self.parallel.sum(
+            [scored.rollout.completion_mask.sum(), scored.generated_rollouts])
         self.tokens_seen += int(tokens)
         metrics.update({
             "time/rollout_seconds": rollout_seconds,
@@ -401,6 +438,14 @@ class LMTrainer:
         })
         metrics.update(sampler_metrics)
         return metrics
+
+    def _sync_engine(self) -> None:
+        """Hand the current weights to the engine; one push per server, not one per rank."""
+        shared = getattr(self.engine, "shared_across_ranks", False)
+        if not shared or self.parallel.is_main:
+            self.engine.sync_weights(self.model)
+        if shared:
+            self.parallel.barrier()  # no rank samples before the new weights landed
 
     def evaluate(self) -> dict[str, float]:
         from grpokit.trainers.evaluation import EvalSettings, evaluate
@@ -415,7 +460,24 @@ class LMTrainer:
         self._notify("on_evaluate", self.step, metrics)
         return metrics
 
+    def _evaluate_on_main(self) -> dict[str, float]:
+        """Rank 0 evaluates (and runs the on_evaluate callbacks); every rank gets its metrics, should_stop."""
+        if not self.parallel.enabled:
+            return self.evaluate()
+        metrics = self.evaluate() if self.parallel.is_main else None
+        metrics, self.should_stop = self.parallel.broadcast((metrics, self.should_stop))
+        return metrics
+
+    def _save_on_main(self, save) -> None:
+        """Rank 0 writes the checkpoint (all ranks hold the same state); the others wait until it is whole."""
+        self.parallel.barrier()
+        if self.parallel.is_main:
+            save(self)
+        self.parallel.barrier()
+
     def _notify(self, event: str, *args) -> None:
+        if not self.parallel.is_main:  # callbacks write files and act once: rank 0 runs them
+            return
         for callback in self.callbacks:
             handler = getattr(callback, event, None)
             if handler is not None:

@@ -1,0 +1,302 @@
+"""Multi-process training: the pure helpers, and 1 process vs 2 gloo processes giving the same weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from grpokit.config_schema import ConfigError
+from grpokit.trainers.distributed import (
+    check_multiprocess_config,
+    concat_group_ids,
+    gather_objects,
+    loss_scale,
+    merge_reward_metrics,
+    merge_update_stats,
+    prompt_seed,
+    shard_range,
+    sum_over_ranks,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_SECONDS = 150  # a hung collective must fail the test, not CI
+
+
+# ---------------------------------------------------------------------- pure helpers
+def test_each_rank_gets_a_contiguous_equal_slice_and_the_slices_tile_the_batch():
+    assert [shard_range(8, 2, r) for r in range(2)] == [(0, 4), (4, 8)]
+    assert [shard_range(6, 3, r) for r in range(3)] == [(0, 2), (2, 4), (4, 6)]
+    assert shard_range(5, 1, 0) == (0, 5)
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused():
+    with pytest.raises(ValueError, match="evenly"):
+        shard_range(6, 4, 0)
+
+
+def test_prompt_seeds_are_stable_and_differ_by_step_index_and_position():
+    seed = prompt_seed(17, 3, 0)
+    assert seed == prompt_seed(17, 3, 0)
+    assert 0 <= seed < 2**63
+    assert len({seed, prompt_seed(18, 3, 0), prompt_seed(17, 4, 0), prompt_seed(17, 3, 1)}) == 4
+
+
+def test_loss_scale_undoes_ddp_gradient_averaging():
+    # DDP: (1/W) Σ_r ∇(s·L_r) must equal Σ_r ∇L_r.
+    for world_size in (1, 2, 8):
+        assert loss_scale(world_size) / world_size == 1.0
+
+
+def test_group_ids_of_later_ranks_are_shifted_past_earlier_ones():
+    ids = concat_group_ids([torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])])
+    assert ids.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_merged_update_stats_are_the_global_token_weighted_means():
+    # Rank 0 holds 3 of 4 global tokens with ratio 1.0, rank 1 holds 1 with ratio 2.0:
+    # shares are 3/4 and 1/4, so the global token mean is 0.75·1 + 0.25·2 = 1.25.
+    rank0 = (
+        {"loss": 0.3, "ratio_mean": 0.75 * 1.0, "ratio_max": 1.0, "ratio_min": 1.0},
+        {"ratio_mean": 0.75},
+    )
+    rank1 = (
+        {"loss": 0.2, "ratio_mean": 0.25 * 2.0, "ratio_max": 2.0, "ratio_min": 2.0},
+        {"ratio_mean": 0.25},
+    )
+    stats, weights = merge_update_stats([rank0, rank1])
+    assert stats["loss"] == pytest.approx(0.5)
+    assert stats["ratio_mean"] / weights["ratio_mean"] == pytest.approx(1.25)
+    assert (stats["ratio_max"], stats["ratio_min"]) == (2.0, 1.0)
+
+
+def test_merged_reward_metrics_equal_those_of_the_union():
+    # Rank 0 scores [1, 0, None, 1], rank 1 scores [0, 0, 0, 1]: the union's 7 valid values have
+    # mean 3/7 and population std sqrt(3/7 − 9/49) = sqrt(12/49).
+    rank0 = {
+        "rewards/r/mean": 2 / 3,
+        "rewards/r/std": math.sqrt(2 / 9),
+        "rewards/r/none_count": 1.0,
+        "rewards/r/errors": 0.0,
+        "rewards/r/seconds": 0.5,
+    }
+    rank1 = {
+        "rewards/r/mean": 0.25,
+        "rewards/r/std": math.sqrt(3 / 16),
+        "rewards/r/none_count": 0.0,
+        "rewards/r/errors": 1.0,
+        "rewards/r/seconds": 0.25,
+    }
+    merged = merge_reward_metrics([(4, rank0), (4, rank1)])
+    assert merged["rewards/r/mean"] == pytest.approx(3 / 7)
+    assert merged["rewards/r/std"] == pytest.approx(math.sqrt(12 / 49))
+    assert merged["rewards/r/none_count"] == 1.0
+    assert (merged["rewards/r/errors"], merged["rewards/r/seconds"]) == (1.0, 0.5)
+
+
+def _config(prompts=4, mini_batches=1, strategy="uniform"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        rollout=SimpleNamespace(prompts_per_step=prompts),
+        training=SimpleNamespace(mini_batches=mini_batches),
+        sampling=SimpleNamespace(strategy=strategy),
+    )
+
+
+def test_multiprocess_config_errors_name_the_field():
+    from grpokit.algorithms.presets import get_preset
+
+    grpo, dapo = get_preset("grpo"), get_preset("dapo")
+    check_multiprocess_config(_config(prompts=6), dapo, 1)  # one process: anything goes
+    check_multiprocess_config(_config(prompts=8, mini_batches=2), grpo, 2)
+    with pytest.raises(ConfigError, match="rollout.prompts_per_step"):
+        check_multiprocess_config(_config(prompts=6), grpo, 4)
+    with pytest.raises(ConfigError, match="training.mini_batches"):
+        check_multiprocess_config(_config(prompts=4, mini_batches=4), grpo, 2)
+    with pytest.raises(ConfigError, match="dynamic_sampling"):
+        check_multiprocess_config(_config(), dapo, 2)
+    with pytest.raises(ConfigError, match="sampling.strategy"):
+        check_multiprocess_config(_config(strategy="adaptive"), grpo, 2)
+
+
+def test_collectives_on_a_one_process_gloo_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert sum_over_ranks([3, 16]) == [3.0, 16.0]
+        assert gather_objects({"a": 1}) == [{"a": 1}]
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------- 1 process vs 2 processes
+def _digit_reward_file(directory: Path) -> Path:
+    path = directory / "digit_reward.py"
+    path.write_text(
+        "def digit_share(completions, **_):\n"
+        "    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]\n"
+    )
+    return path
+
+
+def _write_run_inputs(tmp_path: Path) -> Path:
+    """A tiny Qwen2 with a character tokenizer, addition prompts, a dense reward; returns the config path."""
+    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm, save_policy
+    from grpokit.models.loading import Policy
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_causal_lm(
+        len(tokenizer),
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        seed=0,
+    )
+    save_policy(Policy(model, tokenizer, is_lora=False), tmp_path / "model")
+    records = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(6) for b in range(6)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
+    config = {
+        "model": {"name_or_path": str(tmp_path / "model")},
+        "data": {"path": str(tmp_path / "train.jsonl"), "eval_path": str(tmp_path / "eval.jsonl")},
+        "rewards": [{"function": f"{_digit_reward_file(tmp_path)}:digit_share"}],
+        # β > 0: the reference model's log-probs enter the loss; batch-std advantages need global statistics.
+        "algorithm": {"preset": "grpo", "overrides": {"beta": 0.04, "advantage": "batch"}},
+        "rollout": {"prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 4},
+        # μ = 2 passes (old log-probs, two optimizer steps per GRPO step); 4-row micro-batches: two
+        # backward passes per rank and optimizer step, so the no-sync accumulation path runs.
+        "training": {
+            "max_steps": 3,
+            "num_iterations": 2,
+            "micro_batch_size": 4,
+            "learning_rate": 3e-3,
+            "seed": 7,
+        },
+        "eval": {"num_prompts": 4, "samples_per_prompt": 2},
+        "logging": {"run_dir": "unset", "progress": False, "tensorboard": False, "plot": False},
+        "checkpoint": {"every_steps": 2},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO / "src"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from grpokit.checkpoint import CheckpointManager, model_dir
+
+    latest = CheckpointManager(run_dir).latest()
+    assert latest is not None and latest.name == "step-000003"
+    return load_file(str(model_dir(latest) / "model.safetensors"))
+
+
+@pytest.mark.skipif(
+    shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+    reason="accelerate CLI not installed next to this Python",
+)
+def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
+    config = _write_run_inputs(tmp_path)
+    python = sys.executable
+    accelerate = str(Path(python).parent / "accelerate")
+    _run(
+        [python, "-m", "grpokit", "train", str(config), "--set", f"logging.run_dir={tmp_path / 'one'}"],
+        tmp_path,
+    )
+    # `--multi_gpu` is accelerate's torchrun launcher; without GPUs each process trains on CPU over gloo.
+    _run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--num_cpu_threads_per_process",
+            "1",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "grpokit",
+            "train",
+            str(config),
+            "--set",
+            f"logging.run_dir={tmp_path / 'two'}",
+        ],
+        tmp_path,
+    )
+
+    one, two = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
+    initial = _final_weights_at_init(tmp_path / "model")
+    assert one.keys() == two.keys()
+    max_diff = max(float((one[k] - two[k]).abs().max()) for k in one)
+    moved = max(float((one[k] - initial[k]).abs().max()) for k in one)
+    print(f"max |θ_1proc − θ_2proc| = {max_diff:.3g}; max |θ − θ_init| = {moved:.3g}")
+    assert moved > 1e-3  # the run trained: equality is not the trivial kind
+    assert max_diff < 1e-5
+
+    logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [r["step"] for r in reference]  # rank 0 alone logged
+    for mine, theirs in zip(logged, reference):
+        for key in (
+            "reward/mean",
+            "reward/std",
+            "rewards/digit_share/std",
+            "frac_reward_zero_std",
+            "completion/length_mean",
+            "advantage/abs_mean",
+            "train/loss",
+            "train/kl",
+            "train/grad_norm",
+            "tokens_seen",
+            "eval/greedy_accuracy",
+        ):
+            assert (key in mine) == (key in theirs), key
+            if key in theirs:
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+
+
+def _final_weights_at_init(model_path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_path / "model.safetensors"))
