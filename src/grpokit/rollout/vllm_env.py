@@ -16,6 +16,7 @@ as is; the colocated engine needs grpokit inside it (`ensure_vllm_python(with_gr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import socket
@@ -56,7 +57,7 @@ def find_vllm_python(*, with_grpokit: bool = False) -> Path | None:
     env = vllm_env_dir()
     stamp = env / _STAMP
     if _env_python(env).exists() and stamp.exists():
-        if not with_grpokit or "grpokit" in stamp.read_text():
+        if not with_grpokit or _grpokit_marker() in stamp.read_text():
             return _env_python(env)
     return None
 
@@ -88,16 +89,26 @@ def ensure_vllm_python(*, with_grpokit: bool = False, timeout: float = 1200.0, l
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *CONFLICTING_PACKAGES],
                        check=True, timeout=timeout)
         stamp.write_text(VLLM_REQUIREMENT + "\n")
-    if with_grpokit and "grpokit" not in stamp.read_text():
+    marker = _grpokit_marker()
+    if with_grpokit and marker not in stamp.read_text():
         frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"], check=True,
                                 capture_output=True, text=True, timeout=timeout).stdout
-        pins = env / "vllm-pins.txt"
-        pins.write_text("\n".join(line for line in frozen.splitlines() if "==" in line) + "\n")
+        pins = env / "vllm-pins.txt"  # everything vLLM brought stays where it is
+        pins.write_text("\n".join(line for line in frozen.splitlines()
+                                  if "==" in line and not line.lower().startswith("grpokit")) + "\n")
         root = _source_root()
         target = ["-e", str(root)] if root is not None else [f"grpokit=={_grpokit_version()}"]
         _pip(python, "-c", str(pins), *target, "pytest", timeout=timeout, log=log)
-        stamp.write_text(stamp.read_text() + "grpokit\n")
+        stamp.write_text(stamp.read_text().split("grpokit")[0] + marker + "\n")
     return python
+
+
+def _grpokit_marker() -> str:
+    """What the stamp records of the grpokit install: its version, or its pyproject's hash from source."""
+    root = _source_root()
+    if root is None:
+        return f"grpokit {_grpokit_version()}"
+    return "grpokit " + hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()[:16]
 
 
 def _grpokit_version() -> str:
