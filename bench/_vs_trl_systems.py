@@ -355,7 +355,7 @@ def step0_check(beta: float, root: Path) -> dict:
     GRPO loss itself is ≈ 0 for both; the gradients are what carries the comparison.
     """
     from grpokit.rollout import SamplingParams
-    from grpokit.trainers.lm import ScoredRollout
+    from grpokit.trainers.scored import ScoredRollout
 
     rows = CHECK_PROMPTS * NUM_GENERATIONS
     grpokit = _grpokit_trainer(

@@ -132,3 +132,33 @@ def test_the_check_passes_within_tolerance_and_names_the_causes_beyond_it():
     message = str(error.value)
     assert "vllm_server" in message and "1.0000" in message and "rollout.mismatch_tolerance" in message
     assert "weight sync" in message and "dtype" in message and "chat template" in message
+
+
+def test_sleep_mode_without_a_gpu_is_a_config_error_naming_the_field(tmp_path):
+    from grpokit.config_schema import ConfigError
+    from grpokit.models.loading import Policy
+    from grpokit.trainers.lm_build import build_engine
+    from grpokit.trainers.lm_config import load_lm_config
+
+    model, tokenizer = _model()
+    config = load_lm_config({"model": {"name_or_path": "x"}, "data": {"path": "x"},
+                             "rewards": [{"function": "exact_match"}],
+                             "rollout": {"engine": "vllm_colocate", "vllm": {"enable_sleep_mode": True}}})
+    with pytest.raises(ConfigError, match="rollout.vllm.enable_sleep_mode"):
+        build_engine(config, Policy(model, tokenizer, is_lora=False), "cpu")
+
+
+def test_vllm_engines_turn_truncated_is_on_unless_the_config_says_otherwise():
+    from grpokit.trainers.lm_build import build_preset
+    from grpokit.trainers.lm_config import load_lm_config
+
+    def preset(engine, overrides=None):
+        return build_preset(load_lm_config({
+            "model": {"name_or_path": "x"}, "data": {"path": "x"}, "rewards": [{"function": "exact_match"}],
+            "rollout": {"engine": engine}, "algorithm": {"preset": "grpo", "overrides": overrides or {}}}))
+
+    assert preset("inprocess").behaviour_correction == "none"
+    assert preset("vllm_server").behaviour_correction == "tis"
+    assert preset("vllm_colocate").behaviour_cap == 2.0
+    assert preset("vllm_server", {"behaviour_correction": "none"}).behaviour_correction == "none"
+    assert preset("vllm_server", {"behaviour_correction": "mis"}).behaviour_correction == "mis"

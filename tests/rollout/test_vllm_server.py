@@ -109,3 +109,53 @@ def test_a_sync_that_does_not_land_fails_fast_before_the_first_update(
     with pytest.raises(BehaviourMismatchError, match="vllm_server"):
         trainer.train()
     assert trainer.step == 0  # no update was made on the off-policy batch
+
+
+def test_a_lora_policys_merged_weights_reach_the_server_after_a_step(vllm_server_url, vllm_model_dir):
+    from grpokit.models.loading import LoraSettings, load_policy
+
+    policy = load_policy(vllm_model_dir, lora=LoraSettings(r=4, alpha=8))
+    engine = VLLMServerEngine(vllm_server_url, policy.tokenizer, eos_token_ids=[2])
+    engine.sync_weights(policy.model)
+    batch = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=1.0, seed=9))
+    optimizer = torch.optim.Adam([p for p in policy.model.parameters() if p.requires_grad], lr=5e-2)
+    input_ids, attention_mask = batch.model_inputs()
+    logp, _ = sequence_logprobs(policy.model, input_ids, attention_mask, batch.completion_ids.shape[1])
+    (-(logp * batch.completion_mask).sum()).backward()
+    optimizer.step()  # B moves off zero: the merged weights now differ from the base
+    stale = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=1.0, seed=9))
+    engine.sync_weights(policy.model)
+    synced = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=1.0, seed=9))
+    policy.model.eval()
+    mask_stale, mask_synced = stale.completion_mask.bool(), synced.completion_mask.bool()
+    assert (_trainer_logprobs(policy.model, stale, 1.0) - stale.behaviour_logprobs)[mask_stale].abs().max() > 0.05
+    assert (_trainer_logprobs(policy.model, synced, 1.0) - synced.behaviour_logprobs)[mask_synced].abs().max() < 1e-4
+
+
+def test_grpokit_vllm_serve_starts_the_server_from_the_vllm_environment(vllm_python, vllm_model_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from grpokit.rollout.vllm_env import free_port, wait_for_server
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "GRPOKIT_VLLM_PYTHON": str(vllm_python)}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "grpokit", "vllm-serve", str(vllm_model_dir), "--port", str(port),
+             "--dtype", "float32", "--kv-cache-gib", "1", "--max-model-len", "128"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}", timeout=300, process=process, log_path=log_path)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            health = json.loads(response.read())
+        assert health == {"status": "ok", "model": str(vllm_model_dir), "weight_version": 0,
+                          "dtype": "torch.float32"}
+        assert str(vllm_python) in log_path.read_text().splitlines()[0]  # the command it exec'd
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from grpokit.algorithms import (
     soft_overlong_penalty,
 )
 from grpokit.algorithms.presets import Preset
-from grpokit.rollout.types import RolloutBatch, SamplingParams
+from grpokit.rollout.types import SamplingParams
 from grpokit.trainers.batching import TrainingBatch, micro_batch_rows, mini_batch_rows, model_inputs
 from grpokit.trainers.distributed import (
     DataParallel,
@@ -44,6 +43,14 @@ from grpokit.trainers.distributed import (
     prompt_seed,
 )
 from grpokit.trainers.lm_config import LMTrainConfig
+from grpokit.trainers.scored import (
+    ScoredRollout,
+    concat_scored,
+    informative_groups,
+    select_groups,
+    step_metrics,
+    weighted_total,
+)
 
 log = logging.getLogger("grpokit.trainer")
 
@@ -53,19 +60,6 @@ LM_PLOT_KEYS = (
     "train/clip_frac_*", "train/ratio_mean", "completion/length_mean", "completion/truncated_frac",
     "train/grad_norm", "train/learning_rate", "time/rollout_tokens_per_second", "sampling/prompts_skipped",
 )
-
-
-@dataclass
-class ScoredRollout:
-    rollout: RolloutBatch
-    rewards: Tensor  # [B, K] per reward function, NaN where a reward returned None
-    reward_names: list[str]
-    total_reward: Tensor  # [B] weighted sum used for logging
-    prompt_indices: list[int]  # data-set index of each group
-    reward_metrics: dict = field(default_factory=dict)
-    dropped_groups: int = 0  # DAPO dynamic sampling: zero-variance groups dropped
-    generation_rounds: int = 1
-    generated_rollouts: int = 0  # every completion generated for the step, dropped groups included
 
 
 class LMTrainer:
@@ -154,16 +148,16 @@ class LMTrainer:
             scored = self._generate_and_score(indices, step, round_index)
             generated += len(scored.rollout)
             if self.preset.dynamic_sampling:
-                informative = _informative_groups(scored.total_reward, scored.rollout.group_ids)
+                informative = informative_groups(scored.total_reward, scored.rollout.group_ids)
                 dropped += int((~informative).sum())
-                scored = _select_groups(scored, informative)
+                scored = select_groups(scored, informative)
             kept.append(scored)
             have += len(scored.prompt_indices)
             if have >= wanted:
                 break
-        merged = _concat_scored(kept) if len(kept) > 1 else kept[0]
+        merged = concat_scored(kept) if len(kept) > 1 else kept[0]
         if len(merged.prompt_indices) > wanted:
-            merged = _select_groups(merged, torch.arange(len(merged.prompt_indices)) < wanted)
+            merged = select_groups(merged, torch.arange(len(merged.prompt_indices)) < wanted)
         if len(merged.prompt_indices) == 0:
             # Every group was all-equal in every round: nothing to learn this step.
             log.warning("step %d: every sampled group had equal rewards; skipping the update", step)
@@ -200,7 +194,7 @@ class LMTrainer:
             penalty = soft_overlong_penalty(rollout.completion_mask.sum(1), max_len=max_len, cache_len=cache)
             rewards = torch.cat([rewards, penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
             names.append("preset/soft_overlong")
-        total = _weighted_total(rewards, self._reward_weights(len(names)))
+        total = weighted_total(rewards, self._reward_weights(len(names)))
         observe = getattr(self.sampler, "observe", None)
         if observe is not None:  # e.g. a per-prompt pass-rate posterior learns from every scored rollout
             observe(indices, total, rollout.group_ids)
@@ -240,13 +234,13 @@ class LMTrainer:
             sequence_penalty = -(penalty * rollout.completion_mask).sum(dim=1)
             rewards = torch.cat([rewards, sequence_penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
         weights = self._reward_weights(rewards.shape[1])
-        valid = ~torch.isnan(_weighted_total(rewards, weights))
+        valid = ~torch.isnan(weighted_total(rewards, weights))
         rewards[~valid] = float("nan")  # a row with any None reward leaves its group's statistics
         group_ids, first_row = rollout.group_ids, 0
         if self.parallel.enabled:  # batch-level statistics (batch std) over every rank's rows
             rewards, group_ids, first_row = self.parallel.global_rewards(rewards, group_ids)
         if self.preset.advantage == "rloo":
-            advantages = rloo_advantages(_weighted_total(rewards, weights), group_ids)
+            advantages = rloo_advantages(weighted_total(rewards, weights), group_ids)
         else:
             advantages = combine_rewards(rewards, weights, group_ids, mode=self.preset.multi_reward,
                                          scale=self.preset.advantage, std=self.preset.std,
@@ -490,88 +484,7 @@ class LMTrainer:
             loss.backward()
 
 
-# ---------------------------------------------------------------------- helpers on scored rollouts
-def _weighted_total(rewards: Tensor, weights: Tensor) -> Tensor:
-    """Σ_k w_k·r_k per row; NaN when any reward of the row is NaN (the row is then masked)."""
-    return (rewards.to(torch.float64) * weights.to(torch.float64)).sum(dim=1)
-
-
-def _informative_groups(total_reward: Tensor, group_ids: Tensor) -> Tensor:
-    """Per group (in order of first appearance): does it hold at least two different valid rewards?"""
-    groups = torch.unique_consecutive(group_ids)
-    flags = []
-    for g in groups:
-        values = total_reward[group_ids == g]
-        values = values[~torch.isnan(values)]
-        flags.append(bool(len(values) > 1 and (values.max() - values.min()) > 1e-9))
-    return torch.tensor(flags, dtype=torch.bool)
-
-
-def _select_groups(scored: ScoredRollout, keep: Tensor) -> ScoredRollout:
-    groups = torch.unique_consecutive(scored.rollout.group_ids)
-    kept_groups = groups[keep]
-    rows = torch.isin(scored.rollout.group_ids, kept_groups).nonzero().flatten()
-    rollout = scored.rollout.select(rows)
-    # Renumber the groups 0..k-1 so the batch is self-contained.
-    _, new_ids = torch.unique_consecutive(rollout.group_ids, return_inverse=True)
-    rollout.group_ids = new_ids
-    return ScoredRollout(
-        rollout=rollout, rewards=scored.rewards[rows], reward_names=scored.reward_names,
-        total_reward=scored.total_reward[rows],
-        prompt_indices=[i for i, k in zip(scored.prompt_indices, keep.tolist()) if k],
-        reward_metrics=scored.reward_metrics,
-    )
-
-
-def _concat_scored(parts: list[ScoredRollout]) -> ScoredRollout:
-    from grpokit.rollout.types import concat_rollouts
-
-    rollout = concat_rollouts([p.rollout for p in parts])
-    offsets, start = [], 0
-    for p in parts:  # each round numbers its groups from 0: shift them apart
-        offsets.append(torch.full((len(p.rollout.group_ids),), start, dtype=torch.long))
-        start += len(p.prompt_indices)
-    rollout.group_ids = torch.cat([p.rollout.group_ids for p in parts]) + torch.cat(offsets)
-    return ScoredRollout(
-        rollout=rollout,
-        rewards=torch.cat([p.rewards for p in parts]), reward_names=parts[0].reward_names,
-        total_reward=torch.cat([p.total_reward for p in parts]),
-        prompt_indices=[i for p in parts for i in p.prompt_indices],
-        reward_metrics=parts[0].reward_metrics,
-    )
-
-
 def _config_dict(config: LMTrainConfig) -> dict:
     from grpokit.config_schema import to_dict
 
     return to_dict(config)
-
-
-
-
-
-def step_metrics(scored: ScoredRollout, batch: TrainingBatch, update_stats: dict[str, float]) -> dict[str, float]:
-    """What a user needs to see for one step: rewards, lengths, zero-std groups, and the update's stats."""
-    rollout = scored.rollout
-    # Per reward function: the runner's mean/std/None count/errors/seconds over everything sampled.
-    metrics: dict[str, float] = {k: float(v) for k, v in scored.reward_metrics.items()
-                                 if isinstance(v, (int, float))}
-    for k, name in enumerate(scored.reward_names):
-        if f"rewards/{name}/mean" not in metrics:  # shaping terms the preset added
-            values = scored.rewards[:, k]
-            metrics[f"rewards/{name}/mean"] = float(values[~torch.isnan(values)].mean())
-    total = scored.total_reward[~torch.isnan(scored.total_reward)]
-    metrics["reward/mean"] = float(total.mean()) if len(total) else float("nan")
-    metrics["reward/std"] = float(total.std()) if len(total) > 1 else 0.0
-    metrics["reward/none_count"] = float(torch.isnan(scored.total_reward).sum())
-    informative = _informative_groups(scored.total_reward, rollout.group_ids)
-    metrics["frac_reward_zero_std"] = float((~informative).float().mean()) if len(informative) else 1.0
-    lengths = rollout.completion_mask.sum(1).float()
-    metrics["completion/length_mean"] = float(lengths.mean())
-    metrics["completion/length_max"] = float(lengths.max())
-    metrics["completion/truncated_frac"] = float(rollout.truncated.float().mean())
-    metrics["advantage/abs_mean"] = float(batch.advantages.abs().mean())
-    metrics["dynamic_sampling/dropped_groups"] = float(scored.dropped_groups)
-    metrics["dynamic_sampling/rounds"] = float(scored.generation_rounds)
-    metrics.update({f"train/{k}": v for k, v in update_stats.items()})
-    return metrics

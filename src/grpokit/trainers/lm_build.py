@@ -88,6 +88,8 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
 
 def build_engine(config: LMTrainConfig, policy, device):
     """The rollout engine `rollout.engine` names, sampling from (a synced copy of) `policy`."""
+    import torch
+
     r = config.rollout
     generation_config = getattr(policy.model, "generation_config", None)
     eos = getattr(generation_config, "eos_token_id", None)
@@ -101,6 +103,9 @@ def build_engine(config: LMTrainConfig, policy, device):
         from grpokit.rollout.vllm_engine import VLLMColocateEngine
 
         v = r.vllm
+        if v.enable_sleep_mode and not torch.cuda.is_available():
+            raise ConfigError("rollout.vllm.enable_sleep_mode: vLLM sleeps on CUDA/ROCm/XPU GPUs only, "
+                              "and no GPU is visible")
         return VLLMColocateEngine(v.model or config.model.name_or_path, policy.tokenizer, dtype=v.dtype,
                                   max_model_len=v.max_model_len, gpu_memory_utilization=v.gpu_memory_utilization,
                                   kv_cache_gib=v.kv_cache_gib, enable_sleep_mode=v.enable_sleep_mode,
