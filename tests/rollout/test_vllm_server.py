@@ -159,3 +159,44 @@ def test_grpokit_vllm_serve_starts_the_server_from_the_vllm_environment(vllm_pyt
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_two_processes_sharing_one_server_train_the_same_weights_as_one(vllm_server_url, vllm_model_dir, tmp_path):
+    """Rank 0 alone pushes weights (the others wait at a barrier); samples do not depend on the sharding."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from grpokit.checkpoint import CheckpointManager, model_dir
+    from grpokit.rollout.vllm_env import free_port
+
+    records = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(6) for b in range(6)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(vllm_model_dir)},
+        "data": {"path": str(tmp_path / "train.jsonl")},
+        "rewards": [{"function": "length", "kwargs": {"target_length": 3}}],
+        "algorithm": {"preset": "grpo", "overrides": {"beta": 0.0}},
+        "rollout": {"engine": "vllm_server", "prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 6,
+                    "vllm": {"server_url": vllm_server_url}},
+        "training": {"max_steps": 3, "micro_batch_size": 4, "learning_rate": 1e-2, "seed": 3},
+        "logging": {"run_dir": "unset", "progress": False, "tensorboard": False, "plot": False},
+    }))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port())]
+    for run, prefix in (("one", [sys.executable]), ("two", launch)):
+        command = [*prefix, "-m", "grpokit", "train", "config.yaml", "--set", f"logging.run_dir={run}"]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{run}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    one, two = (load_file(str(model_dir(CheckpointManager(tmp_path / run).latest()) / "model.safetensors"))
+                for run in ("one", "two"))
+    initial = AutoModelForCausalLM.from_pretrained(vllm_model_dir).state_dict()
+    assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-3
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
