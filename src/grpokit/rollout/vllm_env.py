@@ -79,11 +79,31 @@ def ensure_vllm_python(*, with_grpokit: bool = False, timeout: float = 1200.0, l
     if found is not None:
         return found
     env = vllm_env_dir()
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(env.parent / f".{env.name}.lock"):  # two processes must not build one venv at once
+        return _create(env, with_grpokit=with_grpokit, timeout=timeout, log=log)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; creation is then the caller's to serialize
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create(env: Path, *, with_grpokit: bool, timeout: float, log) -> Path:
     python = _env_python(env)
     stamp = env / _STAMP
     if not (python.exists() and stamp.exists()):
         log(f"creating the vLLM environment at {env} ({VLLM_REQUIREMENT}; a few minutes, once)")
-        env.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True, timeout=timeout)
         _pip(python, VLLM_REQUIREMENT, timeout=timeout, log=log)
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *CONFLICTING_PACKAGES],
