@@ -4,7 +4,7 @@ Same tiny model, same prompts, same sampling settings on both engines:
 
 - model: a Qwen2 with hidden 512, 4 layers, 8 heads (2 KV heads), MLP 1376 (11.1M parameters) and
   the 100-token character tokenizer, built from a config (no download), float32 on both sides;
-- rollouts: 32 prompts × n = 8 completions, up to 64 new tokens, temperature 1, top-p 1, top-k off,
+- rollouts: 32 prompts × n = 8 completions, up to 128 new tokens, temperature 1, top-p 1, top-k off,
   EOS stops a row (the random model draws EOS now and then, so lengths vary as in real rollouts).
 
 The vLLM engine is a `grpokit vllm-serve` server started from the vLLM environment (created on
@@ -43,7 +43,7 @@ from grpokit.rollout.types import SamplingParams  # noqa: E402
 from grpokit.rollout.vllm_engine import VLLMServerEngine  # noqa: E402
 from grpokit.rollout.vllm_env import ensure_vllm_python, vllm_server  # noqa: E402
 
-NUM_PROMPTS, GROUP_SIZE, MAX_NEW_TOKENS, ROUNDS = 32, 8, 64, 3
+NUM_PROMPTS, GROUP_SIZE, MAX_NEW_TOKENS, ROUNDS = 32, 8, 128, 3
 MODEL = dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=1376,
              initializer_range=0.1, max_position_embeddings=512)
 
