@@ -54,3 +54,14 @@ def test_data_row_missing_a_required_column_exits_2_naming_file_line_and_column(
     assert code == 2
     assert "train.jsonl" in error and "line 2" in error and "'answer'" in error
     assert "line 1" not in error and "line 3" not in error
+
+
+def test_presets_lists_every_language_model_and_flow_preset(capsys, monkeypatch):
+    from grpokit.algorithms.presets import PRESETS
+    from grpokit.flow.presets import FLOW_PRESETS
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich would otherwise ellipsize names in a narrow terminal
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in [*PRESETS, *FLOW_PRESETS]:
+        assert f" {name} " in out

@@ -74,14 +74,23 @@ def print_presets() -> None:
     from rich.table import Table
 
     from grpokit.algorithms.presets import PRESETS
+    from grpokit.flow.presets import FLOW_PRESETS
 
-    table = Table(title="grpokit presets")
+    table = Table(title="grpokit presets (language models)")
     for column in ("preset", "meaning", "G", "advantage", "ratio", "clip (low, high)", "aggregation", "β"):
         table.add_column(column)
     for name, p in PRESETS.items():
         table.add_row(name, p.summary, str(p.num_generations), p.advantage, p.ratio_level,
                       f"{p.eps_low:g}, {p.eps_high:g}", p.aggregation, f"{p.beta:g}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    flow = Table(title="flow-matching presets (`trainer: flow`)")
+    for column in ("preset", "meaning", "noise a", "RatioNorm", "step balancing", "clip (low, high)"):
+        flow.add_column(column)
+    for name, p in FLOW_PRESETS.items():
+        flow.add_row(name, p.summary, f"{p.noise_level:g}", str(p.ratio_norm), str(p.step_balancing),
+                     f"{p.loss.eps_low:g}, {p.loss.eps_high:g}")
+    console.print(flow)
 
 
 def _is_flow_config(path: str) -> bool:
