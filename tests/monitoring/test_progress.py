@@ -91,3 +91,17 @@ def test_format_fields_uses_four_significant_digits_for_floats():
 def test_format_duration_is_hours_minutes_seconds():
     assert format_duration(3725.4) == "1:02:05"
     assert format_duration(float("inf")) == "-:--:--"
+
+
+def test_a_slow_run_prints_a_line_whenever_print_every_seconds_passed(monkeypatch):
+    from grpokit.monitoring import progress as progress_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock["now"])
+    console, buffer = plain_console()
+    with TrainingProgress(100, console=console, print_every=50, print_every_seconds=60) as progress:
+        for step, now in [(1, 30.0), (2, 61.0), (3, 90.0), (4, 125.0)]:
+            clock["now"] = now
+            progress.update(step)
+    steps = [line.split(" (")[0] for line in buffer.getvalue().splitlines()]
+    assert steps == ["GRPO step 2/100", "GRPO step 4/100"]  # 61 s after start, then 64 s after that

@@ -54,7 +54,8 @@ class TrainingProgress:
 
     ``total_steps``: the run's last step. ``start_step``: where a resumed run starts (elapsed and
     ETA count from there). ``print_every``: steps between lines when not interactive (default:
-    about 20 lines per run; the last step is always printed). ``console``: where to draw (default
+    about 20 lines per run; the last step is always printed); ``print_every_seconds``: a line also
+    when that long passed since the last one, so a slow run in a log file is never silent for long. ``console``: where to draw (default
     stdout). ``disable``: draw nothing.
     """
 
@@ -66,6 +67,7 @@ class TrainingProgress:
         disable: bool = False,
         start_step: int = 0,
         print_every: int | None = None,
+        print_every_seconds: float = 60.0,
         console: Console | None = None,
     ):
         if total_steps < 1:
@@ -80,7 +82,9 @@ class TrainingProgress:
         self._progress: Progress | None = None
         self._task_id = None
         self._started_at: float | None = None
+        self.print_every_seconds = print_every_seconds
         self._last_printed_step: int | None = None
+        self._last_printed_at: float | None = None
 
     def start(self) -> TrainingProgress:
         if self._started_at is not None:
@@ -115,13 +119,16 @@ class TrainingProgress:
         if self._progress is not None:
             self._progress.update(self._task_id, completed=step, metrics=format_fields(fields))
             return
-        if step % self.print_every == 0 or step >= self.total_steps:
+        last = self._last_printed_at if self._last_printed_at is not None else self._started_at
+        since_last = time.monotonic() - last
+        if step % self.print_every == 0 or step >= self.total_steps or since_last >= self.print_every_seconds:
             self._print_line(step, fields)
 
     def _print_line(self, step: int, fields: dict[str, Any]) -> None:
         if step == self._last_printed_step:
             return
         self._last_printed_step = step
+        self._last_printed_at = time.monotonic()
         elapsed = time.monotonic() - (self._started_at or time.monotonic())
         steps_done = step - self.start_step
         remaining = elapsed / steps_done * (self.total_steps - step) if steps_done > 0 else math.inf
