@@ -26,6 +26,7 @@ from torch import Tensor
 from grpokit.algorithms import group_advantages, rloo_advantages
 from grpokit.checkpoint import CheckpointManager, model_dir
 from grpokit.data import PromptDataset, PromptSampler
+from grpokit.guards.events import truncate_events_after
 from grpokit.monitoring import MetricsLogger, TrainingProgress, plot_metrics
 
 from .config import FlowTrainConfig
@@ -257,6 +258,7 @@ class FlowTrainer:
         )
         if start:
             logger.truncate_after(start)
+            truncate_events_after(self.run_dir, start)  # the replayed steps raise their alarms again
         progress = TrainingProgress(
             c.training.max_steps,
             description=self.preset.name,

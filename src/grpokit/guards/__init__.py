@@ -33,10 +33,11 @@ from grpokit.guards.config import (
     OverOptimizationGuardConfig,
     RatioGuardConfig,
 )
-from grpokit.guards.events import ALARMS_FILENAME, read_events, record_event
+from grpokit.guards.events import ALARMS_FILENAME, read_events, record_event, truncate_events_after
 
 __all__ = [
     "ALARMS_FILENAME",
+    "truncate_events_after",
     "BEST_TAG",
     "Alarm",
     "EntropyCollapseAlarm",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,24 @@ def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_events_after(run_dir: str | Path, step: int) -> int:
+    """Drop the events of steps after `step` (a resumed run replays them); return how many were dropped.
+
+    The file is rewritten to a temporary name and renamed over the old one, so a crash leaves either.
+    """
+    path = Path(run_dir) / ALARMS_FILENAME
+    if not path.is_file():
+        return 0
+    events = read_events(run_dir)
+    kept = [event for event in events if event.get("step", -1) <= step]
+    if len(kept) == len(events):
+        return 0
+    temp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp_path.write_text("".join(json.dumps(event, allow_nan=False) + "\n" for event in kept), encoding="utf-8")
+    os.replace(temp_path, path)
+    return len(events) - len(kept)
 
 
 def _finite(value: Any) -> Any:

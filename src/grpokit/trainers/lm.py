@@ -370,6 +370,10 @@ class LMTrainer:
                                  start_step=self.step) as progress:
             if resumed:
                 logger.truncate_after(self.step)
+                if main:  # the alarms of the replayed steps will be raised again
+                    from grpokit.guards.events import truncate_events_after
+
+                    truncate_events_after(self.run_dir, self.step)
             elif self.eval_data is not None:
                 last_eval = self._evaluate_on_main()
                 logger.log(0, last_eval)
