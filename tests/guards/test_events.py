@@ -1,3 +1,6 @@
+"""The alarm log (`alarms.jsonl`)."""
+
+from __future__ import annotations
 
 
 def test_a_resume_drops_the_events_of_the_steps_it_replays(tmp_path):
