@@ -12,8 +12,9 @@ correction sees as mismatch.
 
 Weight sync (`sync_weights(model)`, called by the trainer after every optimizer step): the
 policy's parameters under their Hugging Face names — for a LoRA policy the merged weights
-W + (α/r)·B·A, computed without touching the training module — are handed to the vLLM model's own
-`load_weights` (which knows its fused qkv / gate-up layouts), then the prefix cache is reset
+W + (α/r)·B·A, computed without touching the training module — are handed to the vLLM worker's
+in-place `reload_weights` (the model's own loader, which knows its fused qkv / gate-up layouts,
+followed by the per-layer post-processing the CPU backend needs), then the prefix cache is reset
 because its KV entries were computed with the old weights. Colocated, the tensors are passed in
 memory; to a server, they travel as safetensors over HTTP in chunks (`chunk_bytes`).
 """
@@ -208,7 +209,7 @@ class VLLMColocateEngine(_TokenEngine):
                  eos_token_ids: Sequence[int] = (), device: str | torch.device = "cpu",
                  llm_kwargs: dict | None = None) -> None:
         super().__init__(tokenizer, eos_token_ids=eos_token_ids, device=device)
-        # One engine core in this process, so `apply_model` hands tensors to the model without pickling.
+        # One engine core in this process, so `collective_rpc` hands tensors to the worker without pickling.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 

@@ -32,7 +32,8 @@ import argparse
 import os
 import threading
 
-# Keep vLLM's engine core in this process: `apply_model` then hands tensors to the model directly.
+# Keep vLLM's engine core in this process: `collective_rpc` then hands the pushed tensors to the worker
+# by reference instead of pickling them to an engine-core process.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
@@ -71,6 +72,7 @@ def completion_logprobs(output, prompt_length: int, completion: list) -> list:
 def create_app(llm, model_name: str):
     from fastapi import FastAPI, HTTPException, Request
     from safetensors.torch import load as load_safetensors
+    from starlette.concurrency import run_in_threadpool
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -137,9 +139,13 @@ def create_app(llm, model_name: str):
             return {"received": len(tensors), "pending": len(state["pending"])}
         weights, state["pending"] = list(state["pending"].items()), {}
         version = int(request.headers.get("X-Weight-Version", state["weight_version"] + 1))
-        with lock:
-            reload_weights(llm, weights)
-            state["weight_version"] = version
+
+        def load() -> None:  # off the event loop: /health stays responsive while a generation holds the lock
+            with lock:
+                reload_weights(llm, weights)
+                state["weight_version"] = version
+
+        await run_in_threadpool(load)
         return {"loaded": len(weights), "weight_version": version}
 
     return app
