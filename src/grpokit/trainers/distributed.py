@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -34,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from grpokit.config_schema import ConfigError
+
+log = logging.getLogger("grpokit.distributed")
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -219,7 +222,7 @@ class LogprobModule(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         from grpokit.models.logprobs import sequence_logprobs
 
-        return sequence_logprobs(
+        logp, entropy = sequence_logprobs(
             self.model,
             input_ids,
             attention_mask,
@@ -228,25 +231,30 @@ class LogprobModule(nn.Module):
             with_entropy=with_entropy,
             chunk_size=chunk_size,
         )
+        # Fresh tensors, not views: FSDP2 hooks the module's outputs, and an in-place op on a returned
+        # view would silently skip them (torch warns about it); [B, T] copies cost nothing here.
+        return logp.clone(), None if entropy is None else entropy.clone()
 
 
 class DataParallel:
     """Rank, world size and the collectives the trainer needs; a single process when W = 1."""
 
-    def __init__(self, accelerator=None):
+    def __init__(self, accelerator=None, *, fsdp: bool = False):
         self.accelerator = accelerator
         self.world_size = int(getattr(accelerator, "num_processes", 1) or 1)
         self.rank = int(getattr(accelerator, "process_index", 0) or 0)
         self.device = getattr(accelerator, "device", None)
+        self.fsdp = False
         if self.enabled:
             from accelerate.utils import DistributedType
 
-            if accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+            kind = accelerator.distributed_type
+            if kind not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP):
                 raise ConfigError(
-                    f"accelerate distributed_type {accelerator.distributed_type}: grpokit trains with DDP "
-                    "only (MULTI_GPU or MULTI_CPU); FSDP/DeepSpeed need sharded-weight sampling, clipping "
-                    "and saving, not done yet"
+                    f"accelerate distributed_type {kind}: grpokit trains with DDP (MULTI_GPU, MULTI_CPU) or "
+                    "its own FSDP2 (training.fsdp: true, or an accelerate FSDP config); not DeepSpeed"
                 )
+            self.fsdp = fsdp or kind == DistributedType.FSDP
 
     @property
     def enabled(self) -> bool:
@@ -264,15 +272,20 @@ class DataParallel:
         return shard_range(count, self.world_size, self.rank)
 
     def wrap(self, model: nn.Module) -> nn.Module | None:
-        """The DDP-wrapped training forward when W > 1, else None (the trainer calls the model itself)."""
+        """The wrapped training forward when W > 1 (DDP, or FSDP2-sharded), else None (the trainer
+        calls the model itself). Under FSDP the model's own parameters become shards: see `fsdp_shard`."""
         if not self.enabled:
             return None
+        if self.fsdp:
+            return fsdp_shard(model)
         return self.accelerator.prepare_model(LogprobModule(model))
 
     def sync_context(self, module: nn.Module | None, *, last: bool):
-        """No gradient all-reduce on every micro-batch but the last of an optimizer step."""
+        """No gradient all-reduce (DDP) / reduce-scatter (FSDP) on every micro-batch but the last of a step."""
         if module is None or last:
             return contextlib.nullcontext()
+        if self.fsdp:
+            return _fsdp_no_gradient_sync(module)
         return self.accelerator.no_sync(module)
 
     def sum(self, values: Sequence[float]) -> list[float]:
@@ -329,6 +342,96 @@ class DataParallel:
         )
         view_batch = SimpleNamespace(advantages=torch.cat([p["advantages"] for p in parts]))
         return view_scored, view_batch
+
+
+# ---------------------------------------------------------------------- FSDP2
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a HF causal LM (peft-wrapped or not): modules whose class name is in
+    the model's `_no_split_modules` (e.g. Qwen2DecoderLayer), the unit FSDP shards and gathers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in base.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ConfigError(f"training.fsdp: {type(base).__name__} names no decoder-layer class (_no_split_modules)")
+    return layers
+
+
+def fsdp_shard(model: nn.Module) -> nn.Module:
+    """Shard `model` with PyTorch FSDP2: every decoder layer its own group, the rest (embeddings, final
+    norm, lm_head, tied or not) in the root group of a `LogprobModule` around it. Returns that root.
+
+    Parameters become DTensor shards in place, so optimizers must be built afterwards. Every forward
+    of a sharded module is a collective (all-gathers): call it through the returned root, the same
+    number of times on every rank. Gradients are reduce-scattered and averaged over ranks, as DDP's.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    layers = decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer)
+    root = fully_shard(LogprobModule(model))
+    log.info("FSDP2: %d decoder layers + the root sharded over %d processes",
+             len(layers), torch.distributed.get_world_size())
+    return root
+
+
+@contextlib.contextmanager
+def _fsdp_no_gradient_sync(module: nn.Module):
+    module.set_requires_gradient_sync(False)  # gradients accumulate unreduced until the last micro-batch
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """`model.state_dict()` with every DTensor shard gathered into the full tensor (a collective: every
+    rank calls it, in the same order); plain tensors pass through."""
+    from torch.distributed.tensor import DTensor
+
+    return {name: value.full_tensor() if isinstance(value, DTensor) else value
+            for name, value in model.state_dict().items()}
+
+
+def load_full_state_dict(root: nn.Module, model_state: dict[str, Tensor]) -> None:
+    """Scatter full weights (keys as in the inner model's `state_dict`) into `root`'s shards (every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(root, {f"model.{k}": v for k, v in model_state.items()},
+                         options=StateDictOptions(full_state_dict=True))
+
+
+class FullOptimizerState:
+    """The optimizer of FSDP shards as a whole: `state_dict()` gathers it (a collective, so call it on
+    every rank), `load_state_dict` scatters a gathered one back into the shards (every rank).
+
+    Keys are parameter names (torch.distributed.checkpoint's layout), not the indices of a plain
+    `optimizer.state_dict()`: an FSDP checkpoint resumes an FSDP run.
+    """
+
+    def __init__(self, root: nn.Module, optimizer: torch.optim.Optimizer):
+        self.root, self.optimizer = root, optimizer
+
+    def state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.root, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.root, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+class GatheredState:
+    """A state gathered beforehand on every rank, handed to the rank-0 checkpoint writer."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
 
 
 class NullLogger:

@@ -16,6 +16,7 @@ Which advantage, ratio, clip, aggregation and corrections apply is the preset's 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -84,18 +85,26 @@ class LMTrainer:
         self.run_dir = Path(config.logging.run_dir)
         self.step = 0
         self.tokens_seen = 0
-        self.optimizer = self._make_optimizer()
-        self.scheduler = self._make_scheduler()
         self.eval_history: list[tuple[int, dict[str, float]]] = []  # (step, eval metrics)
         self.reference_needed = preset.beta > 0
         self.behaviour_checked = False  # the engine-vs-trainer log-prob check runs before the first update
         if self.reference_needed and not policy.has_reference:
             policy.make_reference()  # a frozen copy; with LoRA the adapter-disabled base serves instead
-        # Multi-process (see grpokit.trainers.distributed): rank, collectives, and the DDP-wrapped training
-        # forward (None in one process). Sampling, reference, saving and evaluation use the bare module.
-        self.parallel = DataParallel(accelerator)
+        # Multi-process (see grpokit.trainers.distributed): rank, collectives, and the wrapped training
+        # forward (DDP, or the FSDP2 root; None in one process). Sampling, saving and evaluation use
+        # `weights_policy`: the policy itself, or under FSDP (whose parameters are shards) a full-weights
+        # copy that every rank refreshes after each update.
+        self.parallel = DataParallel(accelerator, fsdp=config.training.fsdp)
         check_multiprocess_config(config, preset, self.parallel.world_size)
+        self.weights_policy = policy
+        if self.parallel.fsdp:
+            from grpokit.models.loading import Policy
+
+            full_copy = copy.deepcopy(policy.model).eval().requires_grad_(False)
+            self.weights_policy = Policy(full_copy, policy.tokenizer, is_lora=policy.is_lora)
         self.train_module = self.parallel.wrap(policy.model)
+        self.optimizer = self._make_optimizer()  # after wrapping: FSDP2 swaps the parameters for shards
+        self.scheduler = self._make_scheduler()
 
     # ------------------------------------------------------------------ set-up
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -281,7 +290,7 @@ class LMTrainer:
         from grpokit.models.logprobs import sequence_logprobs
 
         input_ids, attention_mask, num_completion = model_inputs(micro)
-        if model is None and self.train_module is not None:  # the DDP-wrapped training forward
+        if self.train_module is not None and (model is None or model is self.model):  # the wrapped forward
             return self.train_module(input_ids, attention_mask, num_completion,
                                      temperature=self.config.rollout.temperature, with_entropy=with_entropy,
                                      chunk_size=self.config.training.logprob_chunk_size)
@@ -343,6 +352,8 @@ class LMTrainer:
             stats, token_weights = merge_update_stats(self.parallel.gather((stats, token_weights)))
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm over every shard, as a DTensor
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.scheduler.step()
         for key, weight in token_weights.items():
@@ -439,9 +450,13 @@ class LMTrainer:
 
     def _sync_engine(self) -> None:
         """Hand the current weights to the engine; one push per server, not one per rank."""
+        if self.parallel.fsdp:  # every rank gathers the shards into its full-weights copy
+            from grpokit.trainers.distributed import full_state_dict
+
+            self.weights_policy.model.load_state_dict(full_state_dict(self.model))
         shared = getattr(self.engine, "shared_across_ranks", False)
         if not shared or self.parallel.is_main:
-            self.engine.sync_weights(self.model)
+            self.engine.sync_weights(self.weights_policy.model)
         if shared:
             self.parallel.barrier()  # no rank samples before the new weights landed
 
@@ -467,9 +482,19 @@ class LMTrainer:
         return metrics
 
     def _save_on_main(self, save) -> None:
-        """Rank 0 writes the checkpoint (all ranks hold the same state); the others wait until it is whole."""
+        """Rank 0 writes the checkpoint (all ranks hold the same state); the others wait until it is whole.
+
+        Under FSDP every rank first gathers the sharded optimizer state (a collective) for rank 0 to write.
+        """
+        optimizer_state = None
+        if self.parallel.fsdp:
+            from grpokit.trainers.distributed import FullOptimizerState
+
+            optimizer_state = FullOptimizerState(self.train_module, self.optimizer).state_dict()
         self.parallel.barrier()
-        if self.parallel.is_main:
+        if self.parallel.is_main and self.parallel.fsdp:
+            save(self, optimizer_state=optimizer_state)
+        elif self.parallel.is_main:
             save(self)
         self.parallel.barrier()
 
