@@ -310,7 +310,7 @@ def test_fsdp_shards_every_decoder_layer_and_gathers_back_the_full_weights(tmp_p
 
     from grpokit.models import build_tiny_causal_lm
     from grpokit.models.logprobs import sequence_logprobs
-    from grpokit.trainers.distributed import decoder_layers, fsdp_shard, full_state_dict, load_full_state_dict
+    from grpokit.trainers.fsdp import decoder_layers, fsdp_shard, full_state_dict, load_full_state_dict
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:

@@ -11,9 +11,10 @@ How a step is split so that W processes compute the update one process would (sa
 - **Advantages.** Every rank gathers the per-row rewards of the whole batch (tiny) and computes the
   advantages of all rows, then keeps its own: batch-level statistics (batch std) are global.
 - **Loss.** Token and sequence counts of each mini-batch are summed over ranks before the loss
-  divides by them; DDP then *averages* gradients over ranks, so each rank's loss is multiplied by
-  W (`loss_scale`) and the synced gradient is Σ_ranks ∇(local part of the global loss): exactly
-  the single-process gradient of the global mini-batch.
+  divides by them; DDP then *averages* gradients over ranks (so does FSDP2's reduce-scatter, see
+  `grpokit.trainers.fsdp`), so each rank's loss is multiplied by W (`loss_scale`) and the synced
+  gradient is Σ_ranks ∇(local part of the global loss): exactly the single-process gradient of the
+  global mini-batch.
 - **Metrics, logs, checkpoints, evaluation.** Batch metrics are computed from gathered per-row
   values; rank 0 alone logs, evaluates (the others wait for its metrics), runs callbacks (their
   `should_stop` is broadcast) and writes checkpoints, with every rank waiting for the write.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import math
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -35,8 +35,6 @@ import torch
 from torch import Tensor, nn
 
 from grpokit.config_schema import ConfigError
-
-log = logging.getLogger("grpokit.distributed")
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -277,6 +275,8 @@ class DataParallel:
         if not self.enabled:
             return None
         if self.fsdp:
+            from grpokit.trainers.fsdp import fsdp_shard
+
             return fsdp_shard(model)
         return self.accelerator.prepare_model(LogprobModule(model))
 
@@ -285,7 +285,9 @@ class DataParallel:
         if module is None or last:
             return contextlib.nullcontext()
         if self.fsdp:
-            return _fsdp_no_gradient_sync(module)
+            from grpokit.trainers.fsdp import no_gradient_sync
+
+            return no_gradient_sync(module)
         return self.accelerator.no_sync(module)
 
     def sum(self, values: Sequence[float]) -> list[float]:
@@ -342,96 +344,6 @@ class DataParallel:
         )
         view_batch = SimpleNamespace(advantages=torch.cat([p["advantages"] for p in parts]))
         return view_scored, view_batch
-
-
-# ---------------------------------------------------------------------- FSDP2
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of a HF causal LM (peft-wrapped or not): modules whose class name is in
-    the model's `_no_split_modules` (e.g. Qwen2DecoderLayer), the unit FSDP shards and gathers."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or [])
-    layers = [m for m in base.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ConfigError(f"training.fsdp: {type(base).__name__} names no decoder-layer class (_no_split_modules)")
-    return layers
-
-
-def fsdp_shard(model: nn.Module) -> nn.Module:
-    """Shard `model` with PyTorch FSDP2: every decoder layer its own group, the rest (embeddings, final
-    norm, lm_head, tied or not) in the root group of a `LogprobModule` around it. Returns that root.
-
-    Parameters become DTensor shards in place, so optimizers must be built afterwards. Every forward
-    of a sharded module is a collective (all-gathers): call it through the returned root, the same
-    number of times on every rank. Gradients are reduce-scattered and averaged over ranks, as DDP's.
-    """
-    from torch.distributed.fsdp import fully_shard
-
-    layers = decoder_layers(model)
-    for layer in layers:
-        fully_shard(layer)
-    root = fully_shard(LogprobModule(model))
-    log.info("FSDP2: %d decoder layers + the root sharded over %d processes",
-             len(layers), torch.distributed.get_world_size())
-    return root
-
-
-@contextlib.contextmanager
-def _fsdp_no_gradient_sync(module: nn.Module):
-    module.set_requires_gradient_sync(False)  # gradients accumulate unreduced until the last micro-batch
-    try:
-        yield
-    finally:
-        module.set_requires_gradient_sync(True)
-
-
-def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """`model.state_dict()` with every DTensor shard gathered into the full tensor (a collective: every
-    rank calls it, in the same order); plain tensors pass through."""
-    from torch.distributed.tensor import DTensor
-
-    return {name: value.full_tensor() if isinstance(value, DTensor) else value
-            for name, value in model.state_dict().items()}
-
-
-def load_full_state_dict(root: nn.Module, model_state: dict[str, Tensor]) -> None:
-    """Scatter full weights (keys as in the inner model's `state_dict`) into `root`'s shards (every rank)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(root, {f"model.{k}": v for k, v in model_state.items()},
-                         options=StateDictOptions(full_state_dict=True))
-
-
-class FullOptimizerState:
-    """The optimizer of FSDP shards as a whole: `state_dict()` gathers it (a collective, so call it on
-    every rank), `load_state_dict` scatters a gathered one back into the shards (every rank).
-
-    Keys are parameter names (torch.distributed.checkpoint's layout), not the indices of a plain
-    `optimizer.state_dict()`: an FSDP checkpoint resumes an FSDP run.
-    """
-
-    def __init__(self, root: nn.Module, optimizer: torch.optim.Optimizer):
-        self.root, self.optimizer = root, optimizer
-
-    def state_dict(self) -> dict:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(self.root, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def load_state_dict(self, state: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(self.root, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-
-class GatheredState:
-    """A state gathered beforehand on every rank, handed to the rank-0 checkpoint writer."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
 
 
 class NullLogger:

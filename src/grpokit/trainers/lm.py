@@ -451,7 +451,7 @@ class LMTrainer:
     def _sync_engine(self) -> None:
         """Hand the current weights to the engine; one push per server, not one per rank."""
         if self.parallel.fsdp:  # every rank gathers the shards into its full-weights copy
-            from grpokit.trainers.distributed import full_state_dict
+            from grpokit.trainers.fsdp import full_state_dict
 
             self.weights_policy.model.load_state_dict(full_state_dict(self.model))
         shared = getattr(self.engine, "shared_across_ranks", False)
@@ -488,7 +488,7 @@ class LMTrainer:
         """
         optimizer_state = None
         if self.parallel.fsdp:
-            from grpokit.trainers.distributed import FullOptimizerState
+            from grpokit.trainers.fsdp import FullOptimizerState
 
             optimizer_state = FullOptimizerState(self.train_module, self.optimizer).state_dict()
         self.parallel.barrier()

@@ -63,7 +63,7 @@ def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | 
 
     optimizer = trainer.optimizer
     if _fsdp(trainer):
-        from grpokit.trainers.distributed import GatheredState
+        from grpokit.trainers.fsdp import GatheredState
 
         optimizer = GatheredState(optimizer_state) if optimizer_state is not None else None
     extra = {"sampler": trainer.sampler.state_dict(), "tokens_seen": trainer.tokens_seen}
@@ -102,7 +102,7 @@ def resume_latest(trainer) -> bool:
         return False
     optimizer = trainer.optimizer
     if _fsdp(trainer):
-        from grpokit.trainers.distributed import FullOptimizerState
+        from grpokit.trainers.fsdp import FullOptimizerState
 
         optimizer = FullOptimizerState(trainer.train_module, trainer.optimizer)  # scatters into the shards
     state = manager.load(path, optimizer=optimizer, scheduler=trainer.scheduler, restore_rng=True)
@@ -112,7 +112,7 @@ def resume_latest(trainer) -> bool:
         weights = weights / "adapter"
     load_policy_weights(policy, weights)
     if _fsdp(trainer):  # every rank loaded the full weights; each keeps its shards of them
-        from grpokit.trainers.distributed import load_full_state_dict
+        from grpokit.trainers.fsdp import load_full_state_dict
 
         load_full_state_dict(trainer.train_module, policy.model.state_dict())
     trainer.step = int(state["step"])
