@@ -103,7 +103,8 @@ def _final_weights(run_dir):
 
 
 def test_two_processes_each_with_a_colocated_vllm_train_the_same_weights_as_one(tmp_path, vllm_model_dir):
-    """Per-prompt seeds make vLLM's samples independent of the sharding, as with the in-process engine."""
+    """Per-prompt seeds make vLLM's samples independent of the sharding, as with the in-process engine;
+    with DDP and with FSDP."""
     import json
     import socket
     import sys
@@ -129,14 +130,19 @@ def test_two_processes_each_with_a_colocated_vllm_train_the_same_weights_as_one(
         port = s.getsockname()[1]
     python = sys.executable
     _train([python, "-m", "grpokit", "train", "config.yaml", "--set", "logging.run_dir=one"], tmp_path)
-    _train([str(Path(python).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--num_cpu_threads_per_process", "1", "--main_process_port", str(port),
-            "-m", "grpokit", "train", "config.yaml", "--set", "logging.run_dir=two"], tmp_path)
-    one, two = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
+    launch = [str(Path(python).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--num_cpu_threads_per_process", "1", "--main_process_port", str(port), "-m", "grpokit", "train",
+              "config.yaml"]
+    _train([*launch, "--set", "logging.run_dir=two"], tmp_path)
+    # FSDP: vLLM gets its weights from the full-weights copy gathered from the shards after each update.
+    _train([*launch, "--set", "logging.run_dir=two_fsdp", "--set", "training.fsdp=true"], tmp_path)
+    one = _final_weights(tmp_path / "one")
     initial = AutoModelForCausalLM.from_pretrained(vllm_model_dir).state_dict()
     moved = max(float((one[k] - initial[k]).abs().max()) for k in one)
-    difference = max(float((one[k] - two[k]).abs().max()) for k in one)
-    print(f"max |θ_1proc − θ_2proc| = {difference:.3g}; max |θ − θ_init| = {moved:.3g}")
     assert moved > 1e-3  # the run trained: equality is not the trivial kind
-    assert difference < 1e-5
+    for run in ("two", "two_fsdp"):
+        other = _final_weights(tmp_path / run)
+        difference = max(float((one[k] - other[k]).abs().max()) for k in one)
+        print(f"{run}: max |θ_1proc − θ_2proc| = {difference:.3g}; max |θ − θ_init| = {moved:.3g}")
+        assert difference < 1e-5, run
