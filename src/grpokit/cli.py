@@ -1,4 +1,4 @@
-"""`grpokit` command line: train, eval, demo, presets, report, vllm-serve."""
+"""`grpokit` command line: train, eval, demo, presets, report, vllm-serve, vllm-env."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                     "--tensor-parallel-size, --kv-cache-gib, --seed.")
     serve.add_argument("model", help="local directory or hub id")
     serve.add_argument("server_args", nargs=argparse.REMAINDER, help="passed to the server")
+
+    commands.add_parser(
+        "vllm-env", help="print the Python of grpokit's vLLM environment (vLLM + grpokit), creating it once",
+        description="For rollout.engine: vllm_colocate, which needs vLLM and grpokit in one process: "
+                    "train with `$(grpokit vllm-env) -m grpokit train config.yaml`.")
     return parser
 
 
@@ -109,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             print_presets()
         elif args.command == "vllm-serve":
             return vllm_serve(args.model, args.server_args)
+        elif args.command == "vllm-env":
+            from grpokit.rollout.vllm_env import ensure_vllm_python
+
+            print(ensure_vllm_python(with_grpokit=True))
         elif args.command == "report":
             from grpokit.report import write_report
 

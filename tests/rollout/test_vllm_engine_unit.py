@@ -162,3 +162,16 @@ def test_vllm_engines_turn_truncated_is_on_unless_the_config_says_otherwise():
     assert preset("vllm_colocate").behaviour_cap == 2.0
     assert preset("vllm_server", {"behaviour_correction": "none"}).behaviour_correction == "none"
     assert preset("vllm_server", {"behaviour_correction": "mis"}).behaviour_correction == "mis"
+
+
+def test_colocate_without_vllm_in_this_python_says_what_to_do_instead():
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this Python has vLLM (the colocated cases cover it)")
+    _, tokenizer = _model()
+    from grpokit.rollout.vllm_engine import VLLMColocateEngine
+
+    with pytest.raises(ImportError, match="grpokit vllm-env") as error:
+        VLLMColocateEngine("unused", tokenizer)
+    assert "vllm_server" in str(error.value)

@@ -51,3 +51,11 @@ def test_the_server_script_exists_and_imports_no_grpokit():
     assert "import grpokit" not in source and "from grpokit" not in source
     # run by path, its folder is sys.path[0]: nothing there may shadow the standard library
     assert sorted(p.name for p in vllm_env.SERVER_SCRIPT.parent.glob("*.py")) == ["__init__.py", "app.py"]
+
+
+def test_grpokit_vllm_env_prints_the_interpreter(monkeypatch, capsys):
+    from grpokit.cli import main
+
+    monkeypatch.setenv("GRPOKIT_VLLM_PYTHON", "/opt/vllm/bin/python")
+    assert main(["vllm-env"]) == 0
+    assert capsys.readouterr().out.strip() == "/opt/vllm/bin/python"

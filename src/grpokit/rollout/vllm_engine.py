@@ -211,7 +211,13 @@ class VLLMColocateEngine(_TokenEngine):
         super().__init__(tokenizer, eos_token_ids=eos_token_ids, device=device)
         # One engine core in this process, so `collective_rpc` hands tensors to the worker without pickling.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise ImportError(
+                "rollout.engine: vllm_colocate runs vLLM inside the training process, and this Python has no "
+                "vllm. Install vllm here, or train with the Python of grpokit's vLLM environment (`grpokit "
+                "vllm-env` prints it, creating it once), or use rollout.engine: vllm_server") from error
 
         kwargs = dict(model=model_path, dtype=dtype, seed=seed, skip_tokenizer_init=True,
                       logprobs_mode="processed_logprobs", gpu_memory_utilization=gpu_memory_utilization,
