@@ -200,3 +200,25 @@ def test_two_processes_sharing_one_server_train_the_same_weights_as_one(vllm_ser
     initial = AutoModelForCausalLM.from_pretrained(vllm_model_dir).state_dict()
     assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-3
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+
+
+def test_weights_of_another_shape_are_refused_with_the_servers_reason(vllm_server_url, vllm_model_dir):
+    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm
+
+    tokenizer = build_char_tokenizer()
+    wider = build_tiny_causal_lm(len(tokenizer), hidden_size=96, num_layers=2, num_heads=3, num_kv_heads=1,
+                                 intermediate_size=128)  # not the served architecture
+    engine = VLLMServerEngine(vllm_server_url, tokenizer)
+    expected = (r"answered 422: .*22 pushed weights do not fit the served model: "
+                r"model.embed_tokens.weight: shape \(100, 96\), the served checkpoint has \(100, 64\)")
+    with pytest.raises(RuntimeError, match=expected):
+        engine.sync_weights(wider)  # checked against the checkpoint before vLLM is touched
+    # The server still serves the right model once the policy's own weights are pushed.
+    engine.sync_weights(AutoModelForCausalLM.from_pretrained(vllm_model_dir).float())
+    assert len(engine.generate(PROMPTS, 1, SamplingParams(max_new_tokens=4, seed=0))) == 3
+
+
+def test_a_prompt_longer_than_the_servers_context_is_a_clear_client_error(vllm_server_url, vllm_model_dir):
+    engine = VLLMServerEngine(vllm_server_url, AutoTokenizer.from_pretrained(vllm_model_dir))
+    with pytest.raises(RuntimeError, match="answered 422"):
+        engine.generate(["1" * 400], 1, SamplingParams(max_new_tokens=4, seed=0))  # max_model_len is 256

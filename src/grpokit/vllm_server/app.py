@@ -37,6 +37,44 @@ import threading
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+def _request_errors() -> tuple[type[Exception], ...]:
+    try:
+        from vllm.exceptions import VLLMValidationError  # vLLM's "bad request" (0.32)
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, VLLMValidationError)
+
+
+def checkpoint_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """Parameter name → shape from a local checkpoint's safetensors headers ({} for a hub id)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def weight_problems(weights: dict, expected: dict[str, tuple[int, ...]]) -> list[str]:
+    """Why pushed weights cannot be this checkpoint's: unknown names or other shapes (checked before
+    loading: a reload that fails half-way leaves vLLM's weights undefined). A tied lm_head may be
+    pushed although the checkpoint omits it."""
+    if not expected:
+        return []
+    problems = []
+    for name, tensor in sorted(weights.items()):
+        if name not in expected:
+            if not name.endswith("lm_head.weight"):
+                problems.append(f"{name}: not in the served checkpoint")
+        elif tuple(tensor.shape) != expected[name]:
+            problems.append(f"{name}: shape {tuple(tensor.shape)}, the served checkpoint has {expected[name]}")
+    return problems
+
+
 def build_llm(args: argparse.Namespace):
     from vllm import LLM
 
@@ -77,6 +115,8 @@ def create_app(llm, model_name: str):
     from vllm.inputs import TokensPrompt
 
     app = FastAPI(title="grpokit vLLM server")
+    REQUEST_ERRORS = _request_errors()  # noqa: N806 (a constant of this app)
+    expected_shapes = checkpoint_shapes(model_name)
     lock = threading.Lock()
     state = {"weight_version": 0, "pending": {}}  # pending: chunks of an update not yet complete
 
@@ -105,7 +145,10 @@ def create_app(llm, model_name: str):
         except (KeyError, TypeError, ValueError) as error:
             raise HTTPException(status_code=422, detail=f"bad /generate request: {error!r}") from error
         with lock:
-            outputs = llm.generate(prompts, params, use_tqdm=False)
+            try:
+                outputs = llm.generate(prompts, params, use_tqdm=False)
+            except REQUEST_ERRORS as error:  # e.g. a prompt longer than max_model_len: the client's to fix
+                raise HTTPException(status_code=422, detail=f"vLLM refused the request: {error}") from error
         rows = []
         for output in outputs:
             for completion in sorted(output.outputs, key=lambda c: c.index):
@@ -137,12 +180,21 @@ def create_app(llm, model_name: str):
         state["pending"].update(tensors)
         if request.headers.get("X-Last-Chunk", "1") != "1":
             return {"received": len(tensors), "pending": len(state["pending"])}
-        weights, state["pending"] = list(state["pending"].items()), {}
+        pending, state["pending"] = state["pending"], {}
+        problems = weight_problems(pending, expected_shapes)
+        if problems:
+            detail = f"{len(problems)} pushed weights do not fit the served model: " + "; ".join(problems[:5])
+            raise HTTPException(status_code=422, detail=detail)
+        weights = list(pending.items())
         version = int(request.headers.get("X-Weight-Version", state["weight_version"] + 1))
 
         def load() -> None:  # off the event loop: /health stays responsive while a generation holds the lock
             with lock:
-                reload_weights(llm, weights)
+                try:
+                    reload_weights(llm, weights)
+                except Exception as error:  # tell the trainer why; vLLM's weights may now be half-loaded
+                    raise HTTPException(status_code=500, detail=f"reload_weights failed ({error!r}); the "
+                                        "served weights are undefined until a complete push succeeds") from error
                 state["weight_version"] = version
 
         await run_in_threadpool(load)
