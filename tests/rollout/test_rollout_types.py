@@ -97,3 +97,11 @@ def test_rows_must_agree_across_fields():
         RolloutBatch(**{**batch.__dict__, "completions": batch.completions[:3]})
     with pytest.raises(ValueError, match="shape"):
         RolloutBatch(**{**batch.__dict__, "behaviour_logprobs": batch.behaviour_logprobs[:, :1]})
+
+
+def test_left_pad_right_aligns_each_prompt_hand_case():
+    from grpokit.rollout.prompts import left_pad
+
+    ids, mask = left_pad([[5, 6], [7]], 0)
+    assert ids.tolist() == [[5, 6], [0, 7]]
+    assert mask.tolist() == [[1, 1], [0, 1]]

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from grpokit.models.logprobs import position_ids_from_attention_mask
+from grpokit.rollout.prompts import encode_prompts, left_pad, pad_token_id_of
 from grpokit.rollout.sampling import sample_next_tokens, top_k_filter, top_p_filter
 from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams
 
@@ -82,10 +83,7 @@ class InProcessEngine:
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.add_special_tokens = add_special_tokens
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token")
-        self.pad_token_id = int(pad)
+        self.pad_token_id = pad_token_id_of(tokenizer)
 
     def sync_weights(self, model: nn.Module) -> None:
         """The engine samples from the module it holds, so syncing is adopting `model`."""
@@ -103,15 +101,8 @@ class InProcessEngine:
         return sorted(ids)
 
     def _encode_left_padded(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        encoded = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
-        if any(len(ids) == 0 for ids in encoded):
-            raise ValueError("empty prompt: the sampler needs at least one prompt token to condition on")
-        width = max(len(ids) for ids in encoded)
-        prompt_ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            prompt_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            prompt_mask[row, width - len(ids) :] = 1
+        encoded = encode_prompts(self.tokenizer, prompts, add_special_tokens=self.add_special_tokens)
+        prompt_ids, prompt_mask = left_pad(encoded, self.pad_token_id)
         return prompt_ids.to(self.device), prompt_mask.to(self.device)
 
     def generate(

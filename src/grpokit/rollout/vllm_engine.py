@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from grpokit.rollout.prompts import encode_prompts, left_pad, pad_token_id_of
 from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams
 
 
@@ -111,18 +112,13 @@ def rollout_from_rows(rows: list[dict], prompt_token_ids: list[list[int]], promp
     """
     if len(rows) != len(prompts) * n:
         raise ValueError(f"engine returned {len(rows)} completions for {len(prompts)} prompts × n={n}")
-    prompt_width = max(len(ids) for ids in prompt_token_ids)
+    prompt_ids, prompt_mask = left_pad([prompt_token_ids[row // n] for row in range(len(rows))], pad_token_id)
     width = max((len(r["token_ids"]) for r in rows), default=0)
     count = len(rows)
-    prompt_ids = torch.full((count, prompt_width), pad_token_id, dtype=torch.long)
-    prompt_mask = torch.zeros((count, prompt_width), dtype=torch.long)
     completion_ids = torch.full((count, width), pad_token_id, dtype=torch.long)
     completion_mask = torch.zeros((count, width), dtype=torch.long)
     behaviour = torch.zeros((count, width), dtype=torch.float32)
     for row, result in enumerate(rows):
-        ids = prompt_token_ids[row // n]
-        prompt_ids[row, prompt_width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        prompt_mask[row, prompt_width - len(ids):] = 1
         length = len(result["token_ids"])
         if length != len(result["logprobs"]):
             raise ValueError(f"row {row}: {length} tokens but {len(result['logprobs'])} log-probs")
@@ -149,10 +145,7 @@ class _TokenEngine:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.add_special_tokens = add_special_tokens
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token")
-        self.pad_token_id = int(pad)
+        self.pad_token_id = pad_token_id_of(tokenizer)
         eos = {int(t) for t in eos_token_ids}
         if tokenizer.eos_token_id is not None:
             eos.add(int(tokenizer.eos_token_id))
@@ -166,11 +159,9 @@ class _TokenEngine:
         if not prompts:
             raise ValueError("no prompts")
         prompts = list(prompts)
-        token_ids = self.tokenizer(prompts, add_special_tokens=self.add_special_tokens)["input_ids"]
-        if any(len(ids) == 0 for ids in token_ids):
-            raise ValueError("empty prompt: the sampler needs at least one prompt token to condition on")
+        token_ids = encode_prompts(self.tokenizer, prompts, add_special_tokens=self.add_special_tokens)
         request = generation_request(
-            [list(ids) for ids in token_ids], n, sampling,
+            token_ids, n, sampling,
             stop_token_ids={*self.eos_token_ids, *sampling.stop_token_ids},
             seeds=prompt_seeds_for(sampling, len(prompts), prompt_seeds))
         rows = self._generate_rows(request)
