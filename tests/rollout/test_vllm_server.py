@@ -14,14 +14,6 @@ from grpokit.rollout.vllm_engine import VLLMServerEngine
 PROMPTS = ["12+34=", "5+6=", "7*8="]
 
 
-def _trainer_logprobs(model, batch, temperature: float) -> torch.Tensor:
-    input_ids, attention_mask = batch.model_inputs()
-    with torch.no_grad():
-        logp, _ = sequence_logprobs(model, input_ids, attention_mask, batch.completion_ids.shape[1],
-                                    temperature=temperature)
-    return logp
-
-
 @pytest.fixture
 def policy_and_engine(vllm_server_url, vllm_model_dir):
     model = AutoModelForCausalLM.from_pretrained(vllm_model_dir).float()
@@ -31,7 +23,8 @@ def policy_and_engine(vllm_server_url, vllm_model_dir):
     return model, tokenizer, engine
 
 
-def test_server_rollouts_are_shaped_like_in_process_ones_and_their_logprobs_are_the_trainers(policy_and_engine):
+def test_server_rollouts_are_shaped_like_in_process_ones_and_their_logprobs_are_the_trainers(
+        policy_and_engine, trainer_logprobs):
     model, _, engine = policy_and_engine
     batch = engine.generate(PROMPTS, 4, SamplingParams(max_new_tokens=12, temperature=0.7, seed=5))
     assert len(batch) == 12 and batch.group_ids.tolist() == [g for g in range(3) for _ in range(4)]
@@ -41,7 +34,7 @@ def test_server_rollouts_are_shaped_like_in_process_ones_and_their_logprobs_are_
             assert batch.completion_ids[row, lengths[row] - 1] == 2
         else:
             assert batch.finish_reasons[row] == FINISH_LENGTH and lengths[row] == 12
-    logp = _trainer_logprobs(model, batch, temperature=0.7)
+    logp = trainer_logprobs(model, batch, temperature=0.7)
     mask = batch.completion_mask.bool()
     assert (logp - batch.behaviour_logprobs)[mask].abs().max() < 1e-4  # float32 on both sides
 
@@ -57,30 +50,13 @@ def test_the_same_seed_gives_the_same_rollout_and_another_seed_another(policy_an
 
 
 def test_after_an_optimizer_step_and_a_sync_the_servers_logprobs_of_a_fixed_completion_move_with_the_trainer(
-        policy_and_engine):
+        policy_and_engine, step_and_sync):
     model, _, engine = policy_and_engine
-    batch = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=10, temperature=1.0, seed=1))
-    lengths = batch.completion_mask.sum(1).tolist()
-    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.prompt_ids, batch.prompt_mask)]
-    completions = [ids[:n].tolist() for ids, n in zip(batch.completion_ids, lengths)]
-    before = engine.score(prompts, completions)
-
-    # One real optimizer step: raise the log-likelihood of the fixed completions.
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
-    input_ids, attention_mask = batch.model_inputs()
-    logp, _ = sequence_logprobs(model, input_ids, attention_mask, batch.completion_ids.shape[1])
-    (-(logp * batch.completion_mask).sum()).backward()
-    optimizer.step()
     version = engine.weight_version
-    engine.sync_weights(model)
+    moved, mismatch = step_and_sync(engine, model, PROMPTS)
     assert engine.weight_version == version + 1 == engine.health()["weight_version"]
-
-    after = engine.score(prompts, completions)
-    trainer_after = _trainer_logprobs(model, batch, temperature=1.0)
-    moved = max(abs(a - b) for row_a, row_b in zip(after, before) for a, b in zip(row_a, row_b))
     assert moved > 0.05  # the server really serves new weights...
-    for row, values in enumerate(after):  # ...and they are the trainer's
-        torch.testing.assert_close(torch.tensor(values), trainer_after[row, : lengths[row]], atol=1e-4, rtol=0)
+    assert mismatch <= 1e-4  # ...and they are the trainer's
 
 
 def test_a_trainer_on_the_server_trains_syncs_every_step_and_corrects_with_tis_by_default(
@@ -111,7 +87,8 @@ def test_a_sync_that_does_not_land_fails_fast_before_the_first_update(
     assert trainer.step == 0  # no update was made on the off-policy batch
 
 
-def test_a_lora_policys_merged_weights_reach_the_server_after_a_step(vllm_server_url, vllm_model_dir):
+def test_a_lora_policys_merged_weights_reach_the_server_after_a_step(vllm_server_url, vllm_model_dir,
+                                                                    trainer_logprobs):
     from grpokit.models.loading import LoraSettings, load_policy
 
     policy = load_policy(vllm_model_dir, lora=LoraSettings(r=4, alpha=8))
@@ -128,8 +105,8 @@ def test_a_lora_policys_merged_weights_reach_the_server_after_a_step(vllm_server
     synced = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=1.0, seed=9))
     policy.model.eval()
     mask_stale, mask_synced = stale.completion_mask.bool(), synced.completion_mask.bool()
-    assert (_trainer_logprobs(policy.model, stale, 1.0) - stale.behaviour_logprobs)[mask_stale].abs().max() > 0.05
-    assert (_trainer_logprobs(policy.model, synced, 1.0) - synced.behaviour_logprobs)[mask_synced].abs().max() < 1e-4
+    assert (trainer_logprobs(policy.model, stale, 1.0) - stale.behaviour_logprobs)[mask_stale].abs().max() > 0.05
+    assert (trainer_logprobs(policy.model, synced, 1.0) - synced.behaviour_logprobs)[mask_synced].abs().max() < 1e-4
 
 
 def test_grpokit_vllm_serve_starts_the_server_from_the_vllm_environment(vllm_python, vllm_model_dir, tmp_path):
@@ -161,42 +138,14 @@ def test_grpokit_vllm_serve_starts_the_server_from_the_vllm_environment(vllm_pyt
         process.wait(timeout=30)
 
 
-def test_two_processes_sharing_one_server_train_the_same_weights_as_one(vllm_server_url, vllm_model_dir, tmp_path):
+def test_two_processes_sharing_one_server_train_the_same_weights_as_one(vllm_server_url, vllm_model_dir, tmp_path,
+                                                                        grpokit_train, final_checkpoint_weights,
+                                                                        length_reward_run):
     """Rank 0 alone pushes weights (the others wait at a barrier); samples do not depend on the sharding."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-    from safetensors.torch import load_file
-
-    from grpokit.checkpoint import CheckpointManager, model_dir
-    from grpokit.rollout.vllm_env import free_port
-
-    records = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(6) for b in range(6)]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
-        "model": {"name_or_path": str(vllm_model_dir)},
-        "data": {"path": str(tmp_path / "train.jsonl")},
-        "rewards": [{"function": "length", "kwargs": {"target_length": 3}}],
-        "algorithm": {"preset": "grpo", "overrides": {"beta": 0.0}},
-        "rollout": {"engine": "vllm_server", "prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 6,
-                    "vllm": {"server_url": vllm_server_url}},
-        "training": {"max_steps": 3, "micro_batch_size": 4, "learning_rate": 1e-2, "seed": 3},
-        "logging": {"run_dir": "unset", "progress": False, "tensorboard": False, "plot": False},
-    }))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port())]
-    for run, prefix in (("one", [sys.executable]), ("two", launch)):
-        command = [*prefix, "-m", "grpokit", "train", "config.yaml", "--set", f"logging.run_dir={run}"]
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"{run}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    one, two = (load_file(str(model_dir(CheckpointManager(tmp_path / run).latest()) / "model.safetensors"))
-                for run in ("one", "two"))
+    length_reward_run(tmp_path, vllm_model_dir, engine="vllm_server", vllm={"server_url": vllm_server_url})
+    grpokit_train(tmp_path, "config.yaml", "one")
+    grpokit_train(tmp_path, "config.yaml", "two", processes=2)
+    one, two = final_checkpoint_weights(tmp_path / "one"), final_checkpoint_weights(tmp_path / "two")
     initial = AutoModelForCausalLM.from_pretrained(vllm_model_dir).state_dict()
     assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-3
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +23,6 @@ from grpokit.trainers.distributed import (
     sum_over_ranks,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_SECONDS = 150  # a hung collective must fail the test, not CI
 
 
@@ -193,61 +188,38 @@ def _write_run_inputs(tmp_path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def final_weights(final_checkpoint_weights):
+    """`final_weights(run_dir)`: the weights of the run's last step (3)."""
+    def load(run_dir: Path) -> dict[str, torch.Tensor]:
+        from grpokit.checkpoint import CheckpointManager
 
+        assert CheckpointManager(run_dir).latest().name == "step-000003"
+        return final_checkpoint_weights(run_dir)
 
-def _run(command: list[str], cwd: Path) -> None:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO / "src"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
-    )
-    assert result.returncode == 0, (
-        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-
-
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from grpokit.checkpoint import CheckpointManager, model_dir
-
-    latest = CheckpointManager(run_dir).latest()
-    assert latest is not None and latest.name == "step-000003"
-    return load_file(str(model_dir(latest) / "model.safetensors"))
+    return load
 
 
 @pytest.fixture(scope="module")
-def single_process_run(tmp_path_factory) -> Path:
+def single_process_run(tmp_path_factory, grpokit_train) -> Path:
     """The reference: the tiny run's config trained by one process (in <dir>/one)."""
     directory = tmp_path_factory.mktemp("distributed")
-    config = _write_run_inputs(directory)
-    _run([sys.executable, "-m", "grpokit", "train", str(config), "--set", f"logging.run_dir={directory / 'one'}"],
-         directory)
+    grpokit_train(directory, _write_run_inputs(directory), directory / "one", timeout=RUN_TIMEOUT_SECONDS)
     return directory
 
 
-def _launch_two(directory: Path, run: str, *settings: str) -> None:
-    # `--multi_gpu` is accelerate's torchrun launcher; without GPUs each process trains on CPU over gloo.
-    accelerate = str(Path(sys.executable).parent / "accelerate")
-    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-               "--main_process_port", str(_free_port()), "-m", "grpokit", "train", str(directory / "config.yaml"),
-               "--set", f"logging.run_dir={directory / run}"]
-    for setting in settings:
-        command += ["--set", setting]
-    _run(command, directory)
+@pytest.fixture(scope="module")
+def launch_two(grpokit_train):
+    """`launch_two(directory, run, *"key=value")`: the directory's config trained by 2 gloo processes."""
+    def launch(directory: Path, run: str, *settings: str) -> None:
+        grpokit_train(directory, directory / "config.yaml", directory / run, *settings, processes=2,
+                      timeout=RUN_TIMEOUT_SECONDS)
+
+    return launch
 
 
-def _assert_same_weights_and_metrics(directory: Path, run: str) -> None:
-    one, two = _final_weights(directory / "one"), _final_weights(directory / run)
+def _assert_same_weights_and_metrics(final_weights, directory: Path, run: str) -> None:
+    one, two = final_weights(directory / "one"), final_weights(directory / run)
     initial = _final_weights_at_init(directory / "model")
     assert one.keys() == two.keys()
     max_diff = max(float((one[k] - two[k]).abs().max()) for k in one)
@@ -278,19 +250,20 @@ def _assert_same_weights_and_metrics(directory: Path, run: str) -> None:
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
 
 
-def test_two_gloo_processes_train_the_same_weights_as_one(single_process_run):
-    _launch_two(single_process_run, "two")
-    _assert_same_weights_and_metrics(single_process_run, "two")
+def test_two_gloo_processes_train_the_same_weights_as_one(single_process_run, launch_two, final_weights):
+    launch_two(single_process_run, "two")
+    _assert_same_weights_and_metrics(final_weights, single_process_run, "two")
 
 
-def test_two_fsdp_processes_train_the_same_weights_as_one_and_resume_from_sharded_state(single_process_run):
+def test_two_fsdp_processes_train_the_same_weights_as_one_and_resume_from_sharded_state(
+        single_process_run, launch_two, final_weights):
     """FSDP2 shards parameters, gradients and Adam state; a run stopped at step 2 resumes to the same end."""
-    _launch_two(single_process_run, "fsdp", "training.fsdp=true")
-    _assert_same_weights_and_metrics(single_process_run, "fsdp")
+    launch_two(single_process_run, "fsdp", "training.fsdp=true")
+    _assert_same_weights_and_metrics(final_weights, single_process_run, "fsdp")
 
-    _launch_two(single_process_run, "fsdp_resumed", "training.fsdp=true", "training.max_steps=2")
-    _launch_two(single_process_run, "fsdp_resumed", "training.fsdp=true")  # resumes from step 2
-    resumed, one = _final_weights(single_process_run / "fsdp_resumed"), _final_weights(single_process_run / "one")
+    launch_two(single_process_run, "fsdp_resumed", "training.fsdp=true", "training.max_steps=2")
+    launch_two(single_process_run, "fsdp_resumed", "training.fsdp=true")  # resumes from step 2
+    resumed, one = final_weights(single_process_run / "fsdp_resumed"), final_weights(single_process_run / "one")
     assert max(float((resumed[k] - one[k]).abs().max()) for k in one) < 1e-5
 
 
@@ -334,24 +307,17 @@ def test_fsdp_shards_every_decoder_layer_and_gathers_back_the_full_weights(tmp_p
         dist.destroy_process_group()
 
 
-def test_fsdp_with_lora_trains_the_same_adapter_as_one_process(single_process_run):
+def test_fsdp_with_lora_trains_the_same_adapter_as_one_process(single_process_run, grpokit_train, launch_two,
+                                                              final_checkpoint_weights):
     """Frozen base and trainable adapters share FSDP groups; the reference is the adapter-disabled base,
     run through the sharded root (β > 0 in this config)."""
-    from safetensors.torch import load_file
-
-    from grpokit.checkpoint import CheckpointManager, model_dir
-
     lora = ("model.lora.r=4", "model.lora.alpha=8", "training.learning_rate=3e-2")
-    _run([sys.executable, "-m", "grpokit", "train", str(single_process_run / "config.yaml"),
-          "--set", f"logging.run_dir={single_process_run / 'lora_one'}",
-          *[arg for setting in lora for arg in ("--set", setting)]], single_process_run)
-    _launch_two(single_process_run, "lora_fsdp", "training.fsdp=true", *lora)
+    grpokit_train(single_process_run, single_process_run / "config.yaml", single_process_run / "lora_one", *lora,
+                  timeout=RUN_TIMEOUT_SECONDS)
+    launch_two(single_process_run, "lora_fsdp", "training.fsdp=true", *lora)
 
-    def adapter(run: str) -> dict[str, torch.Tensor]:
-        latest = CheckpointManager(single_process_run / run).latest()
-        return load_file(str(model_dir(latest) / "adapter_model.safetensors"))
-
-    one, two = adapter("lora_one"), adapter("lora_fsdp")
+    one, two = (final_checkpoint_weights(single_process_run / run, "adapter_model.safetensors")
+                for run in ("lora_one", "lora_fsdp"))
     assert one.keys() == two.keys() and any("lora_B" in k for k in one)
     assert max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k) > 1e-2  # B left zero: trained
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
