@@ -52,6 +52,6 @@ def make_trainer():
     return _make_trainer
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_policy():
     return tiny_policy

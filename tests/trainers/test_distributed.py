@@ -144,22 +144,11 @@ def _digit_reward_file(directory: Path) -> Path:
     return path
 
 
-def _write_run_inputs(tmp_path: Path) -> Path:
+def _write_run_inputs(tmp_path: Path, make_policy) -> Path:
     """A tiny Qwen2 with a character tokenizer, addition prompts, a dense reward; returns the config path."""
-    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm, save_policy
-    from grpokit.models.loading import Policy
+    from grpokit.models import save_policy
 
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_causal_lm(
-        len(tokenizer),
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
-        seed=0,
-    )
-    save_policy(Policy(model, tokenizer, is_lora=False), tmp_path / "model")
+    save_policy(make_policy(seed=0), tmp_path / "model")
     records = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(6) for b in range(6)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
@@ -201,10 +190,10 @@ def final_weights(final_checkpoint_weights):
 
 
 @pytest.fixture(scope="module")
-def single_process_run(tmp_path_factory, grpokit_train) -> Path:
+def single_process_run(tmp_path_factory, grpokit_train, make_policy) -> Path:
     """The reference: the tiny run's config trained by one process (in <dir>/one)."""
     directory = tmp_path_factory.mktemp("distributed")
-    grpokit_train(directory, _write_run_inputs(directory), directory / "one", timeout=RUN_TIMEOUT_SECONDS)
+    grpokit_train(directory, _write_run_inputs(directory, make_policy), directory / "one", timeout=RUN_TIMEOUT_SECONDS)
     return directory
 
 
