@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -83,7 +81,7 @@ def test_lora_run_trains_only_the_adapter_and_uses_the_base_as_reference(tmp_pat
     kls = [r["train/kl"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/kl" in r]
     assert kls and kls[-1] > 0  # the adapter moved away from the base model, and the KL sees it
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()
-    assert not policy.has_reference or policy.is_lora  # no second copy of the model was made
+    assert policy._reference_copy is None  # β > 0 with LoRA: the adapter-disabled base, no second model copy
 
 
 def test_multi_reward_run_logs_each_reward_separately(tmp_path, make_trainer, make_policy):
@@ -118,11 +116,21 @@ def test_a_raising_reward_scored_as_none_is_masked_and_counted(tmp_path, make_tr
     assert record["train/loss"] == 0.0  # every row masked: nothing to learn, nothing corrupted
 
 
+def _parity_reward(completions, answer, **_):
+    # Even answers: every completion scores 1 (a zero-variance group); odd: 0, 1, 0, 1 by position.
+    return [1.0 if int(a) % 2 == 0 else float(i % 2) for i, a in enumerate(answer)]
+
+
 def test_dapo_dynamic_sampling_drops_zero_variance_groups(tmp_path, make_trainer, make_policy):
-    trainer = make_trainer(tmp_path, algorithm={"preset": "dapo"}, rollout={"max_dynamic_sampling_rounds": 2})
+    runner = RewardRunner([load_reward(_parity_reward, name="parity")])
+    trainer = make_trainer(tmp_path, rewards=runner, rollout={"max_dynamic_sampling_rounds": 6},
+                           algorithm={"preset": "dapo", "overrides": {"soft_overlong": False}})
+    drawn: list[int] = []
+    next_batch = trainer.sampler.next_batch
+    trainer.sampler.next_batch = lambda k: drawn.extend(next_batch(k)) or drawn[-k:]
     scored = trainer.sample(0)
-    # An untrained model gets every answer wrong; the soft overlong term is the only signal.
-    informative_rows = len(scored.rollout)
-    assert informative_rows % 4 == 0
-    assert scored.generation_rounds >= 1
-    assert json.dumps(scored.dropped_groups)
+    answers = [int(trainer.train_data[i]["answer"]) for i in scored.prompt_indices]
+    assert len(answers) == 4 and all(a % 2 == 1 for a in answers)  # P informative groups were kept
+    even_drawn = sum(int(trainer.train_data[i]["answer"]) % 2 == 0 for i in drawn)
+    assert scored.dropped_groups == even_drawn > 0
+    assert scored.generation_rounds > 1 and scored.generated_rollouts == 4 * len(drawn)
