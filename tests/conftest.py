@@ -58,3 +58,71 @@ def _final_checkpoint_weights(run_dir, filename: str = "model.safetensors") -> d
 def final_checkpoint_weights():
     """`final_checkpoint_weights(run_dir, filename="model.safetensors")` → the latest checkpoint's tensors."""
     return _final_checkpoint_weights
+
+
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+GRADIENT_CANCELLATION = 1e3  # Σ|micro-batch gradient| / |gradient| we allow (advantages of both signs)
+# The exact gradient of a key bias is 0: softmax is invariant to adding q·b_k to every logit of a row.
+# What reaches the optimizer is rounding noise, which Adam normalises to steps of about lr: two runs that
+# round differently move it differently by up to 2·lr per step, whatever the code does. Not compared.
+ZERO_GRADIENT_TENSORS = (".k_proj.bias",)
+
+
+def _assert_same_trained_weights(one: dict, other: dict, initial: dict | None, *, learning_rate: float,
+                                 optimizer_steps: int, summed_parts: int, relative_input_error: float = 0.0) -> None:
+    """Two trainings that differ only in float32 rounding end within the tolerance derived here.
+
+    The runs compute the same update in a different summation order (1 vs W processes: k micro-batch
+    gradients summed ((a+b)+c)+d in one process, (a+b)+(c+d) over two), so each gradient entry differs by
+    δ ≤ (k − 1)·u·Σ|part|/|g| relative, u = 2⁻²⁴, with Σ|part|/|g| ≤ GRADIENT_CANCELLATION; plus
+    ``relative_input_error`` when a loss weight itself differs (TIS weights from a rollout engine whose
+    float32 log-probs depend on its batch). AdamW moves a parameter by lr·m̂/(√v̂ + ε) per step (|·| ≲ lr):
+    a relative change δ of every gradient changes that by at most 2δ of lr where |g| ≫ ε, so after S steps
+    |θ₁ − θ₂| ≤ 2·δ·S·lr. Where |g| is within a few ε of 0 the step is lr·g/(|g| + ε), whose slope lr/ε
+    turns any rounding into noise of up to lr: exactly-zero gradients (ZERO_GRADIENT_TENSORS) are skipped,
+    and a test must not feed rounding-level differences into loss weights of such tiny models (measured
+    here: differences 100× below the bound). With ``initial`` given, the runs must have moved the weights.
+    """
+    delta = (summed_parts - 1) * FLOAT32_UNIT_ROUNDOFF * GRADIENT_CANCELLATION + relative_input_error
+    tolerance = 2 * delta * optimizer_steps * learning_rate
+    assert one.keys() == other.keys()
+    compared = [k for k in one if not k.endswith(ZERO_GRADIENT_TENSORS)]
+    difference = max(float((one[k] - other[k]).abs().max()) for k in compared)
+    print(f"max |θ_1 − θ_2| = {difference:.3g} (tolerance {tolerance:.3g})")
+    if initial is not None:
+        assert max(float((one[k] - initial[k]).abs().max()) for k in compared) > 1e-3  # not trivially equal
+    assert all(bool(torch.isfinite(other[k]).all()) for k in one)
+    assert difference <= tolerance
+
+
+@pytest.fixture(scope="session")
+def assert_same_trained_weights():
+    """`assert_same_trained_weights(one, other, initial, *, learning_rate, optimizer_steps, summed_parts,
+    relative_input_error=0)`: the weights of two runs that differ only in float32 rounding agree within
+    the tolerance derived in `_assert_same_trained_weights`."""
+    return _assert_same_trained_weights
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """`small_tmpfs(size="1m", read_only=False)` → a directory on a fresh tmpfs of that size, for real
+    "no space left on device" and "read-only file system" errors; skips unless this process may mount
+    (root). Unmounted at teardown."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str = "1m", read_only: bool = False):
+        target = tmp_path / f"tmpfs{len(mounted)}"
+        target.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

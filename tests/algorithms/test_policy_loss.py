@@ -10,10 +10,11 @@ from grpokit.algorithms import (
     PRESETS,
     ClipCovConfig,
     KLCovConfig,
-    behaviour_importance_weights,
+    batch_statistics,
     get_preset,
     policy_loss,
 )
+from grpokit.algorithms.policy_loss import loss_statistic_inputs
 
 from ._strategies import FAST, random_batch
 
@@ -62,22 +63,14 @@ def test_gradient_at_ratio_one_is_minus_advantage_times_token_weight(
     assert metrics["clip_frac_low"] == 0 and metrics["clip_frac_high"] == 0
 
 
-def _global_extras(preset, data):
+def _global_extras(preset, data, keys):
     """What a trainer computes once over the whole batch before splitting it."""
     valid = data["mask"].bool()
     extras = {"num_sequences": data["mask"].shape[0], "num_tokens": valid.sum(), "max_len": MAX_LEN}
-    if preset.top_entropy_quantile is not None:
-        extras["entropy_threshold"] = torch.quantile(data["entropy"][valid], preset.top_entropy_quantile)
-    if preset.self_normalize_is:
-        weights, _ = behaviour_importance_weights(
-            data["old_logp"],
-            data["behaviour_logp"],
-            data["mask"],
-            method=preset.behaviour_correction,
-            level=preset.behaviour_level,
-            cap=preset.behaviour_cap,
-        )
-        extras["behaviour_weight_mean"] = weights[valid].sum() / valid.sum()
+    extras["statistics"] = batch_statistics(preset, loss_statistic_inputs(
+        preset, data["logp"], data["old_logp"], data["advantages"], data["mask"],
+        behaviour_logp=data["behaviour_logp"], entropy=data["entropy"], clip_cov_keys=keys,
+    ))
     return extras
 
 
@@ -87,6 +80,10 @@ MICRO_BATCH_PRESETS = [
     get_preset("dapo", behaviour_correction="tis", behaviour_level="geometric", self_normalize_is=True),
     get_preset("gspo", behaviour_correction="mis", behaviour_level="sequence", behaviour_cap=1.5),
     get_preset("dr_grpo", dual_clip_c=3.0, delta=2.0, beta=0.1, kl_estimator="k1"),
+    # wide bands and large fractions, so that the selections are not empty on a handful of tokens
+    get_preset("grpo", clip_cov=ClipCovConfig(clip_ratio=0.2, cov_low=-10.0, cov_high=10.0)),
+    get_preset("dapo", kl_cov=KLCovConfig(top_fraction=0.3, coef=1.0), self_normalize_is=True,
+               behaviour_correction="mis", behaviour_level="geometric"),
 ]
 
 
@@ -99,8 +96,10 @@ MICRO_BATCH_PRESETS = [
 )
 def test_micro_batched_policy_loss_with_global_counts_equals_full_batch(seed, batch, num_splits, preset):
     data = random_batch(seed, batch, MAX_LEN, min_len=0)
-    extras = _global_extras(preset, data)
-    keys = ("logp", "old_logp", "advantages", "mask", "ref_logp", "behaviour_logp", "entropy")
+    data["clip_cov_keys"] = torch.rand(batch, MAX_LEN, generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64)
+    extras = _global_extras(preset, data, data["clip_cov_keys"])
+    keys = ("logp", "old_logp", "advantages", "mask", "ref_logp", "behaviour_logp", "entropy", "clip_cov_keys")
 
     def loss_and_grad(parts):
         logp = parts["logp"].clone().requires_grad_()
@@ -113,6 +112,7 @@ def test_micro_batched_policy_loss_with_global_counts_equals_full_batch(seed, ba
             ref_logp=parts["ref_logp"],
             behaviour_logp=parts["behaviour_logp"],
             entropy=parts["entropy"],
+            clip_cov_keys=parts["clip_cov_keys"],
             **extras,
         )
         return loss, torch.autograd.grad(loss, logp)[0]

@@ -67,7 +67,8 @@ def test_a_colocated_engine_on_other_weights_fails_fast(tmp_path, vllm_model_dir
 def test_two_processes_each_with_a_colocated_vllm_train_the_same_weights_as_one(tmp_path, vllm_model_dir,
                                                                                 grpokit_train,
                                                                                 final_checkpoint_weights,
-                                                                                length_reward_run):
+                                                                                length_reward_run,
+                                                                                assert_same_trained_weights):
     """Per-prompt seeds make vLLM's samples independent of the sharding, as with the in-process engine;
     with DDP and with FSDP."""
     length_reward_run(tmp_path, vllm_model_dir, engine="vllm_colocate",
@@ -78,10 +79,10 @@ def test_two_processes_each_with_a_colocated_vllm_train_the_same_weights_as_one(
     grpokit_train(tmp_path, "config.yaml", "two_fsdp", "training.fsdp=true", processes=2)
     one = final_checkpoint_weights(tmp_path / "one")
     initial = AutoModelForCausalLM.from_pretrained(vllm_model_dir).state_dict()
-    moved = max(float((one[k] - initial[k]).abs().max()) for k in one)
-    assert moved > 1e-3  # the run trained: equality is not the trivial kind
     for run in ("two", "two_fsdp"):
-        other = final_checkpoint_weights(tmp_path / run)
-        difference = max(float((one[k] - other[k]).abs().max()) for k in one)
-        print(f"{run}: max |θ_1proc − θ_2proc| = {difference:.3g}; max |θ − θ_init| = {moved:.3g}")
-        assert difference < 1e-5, run
+        # length_reward_run: 3 AdamW steps at lr 1e-2, 16 rows in micro-batches of 4. The engine's TIS
+        # weights exp(log π_old − log μ) differ between the runs: vLLM's float32 log-probs depend on its
+        # batch (16 rows vs 8 per process), each within 1e-4 of the trainer's (the first case above), so a
+        # weight differs by up to 2e-4 of itself. (A fixed 1e-5 failed once at 1.27e-5 on another machine.)
+        assert_same_trained_weights(one, final_checkpoint_weights(tmp_path / run), initial, learning_rate=1e-2,
+                                    optimizer_steps=3, summed_parts=4, relative_input_error=2e-4)

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import torch
 
-from grpokit.trainers.batching import TrainingBatch, micro_batch_rows, mini_batch_rows, model_inputs
+from grpokit.trainers.batching import (
+    TrainingBatch,
+    micro_batch_rows,
+    mini_batch_rows,
+    model_inputs,
+    token_keys,
+)
 
 
 def _batch() -> TrainingBatch:
@@ -48,3 +54,13 @@ def test_mini_batches_keep_groups_whole_and_cover_every_row_once():
 
 def test_micro_batches_split_rows_in_order():
     assert [r.tolist() for r in micro_batch_rows(torch.arange(5), 2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_token_keys_depend_on_the_global_row_not_on_who_asks():
+    """Clip-Cov's keys: rows 4..7 of a global batch of 8 get the same keys whether one process asks for all
+    rows or the second of two processes asks for its own."""
+    everything = token_keys(torch.Generator().manual_seed(3), 8, 5, torch.arange(8))
+    second_half = token_keys(torch.Generator().manual_seed(3), 8, 5, torch.arange(4) + 4)
+    assert everything.shape == (8, 5) and everything.dtype == torch.float64
+    assert torch.equal(second_half, everything[4:])
+    assert ((everything >= 0) & (everything < 1)).all() and len(everything.unique()) == 40

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .advantages import combine_rewards, group_advantages, rloo_advantages, valid_reward_mask
 from .aggregation import AGGREGATION_MODES, aggregate_loss
+from .batch_statistics import BatchStatistics, batch_statistics, statistic_inputs
 from .covariance import clip_cov_mask, kl_cov_penalty, token_covariance
 from .entropy import (
     logprobs_and_entropy_from_hidden,
@@ -17,22 +18,28 @@ from .overlong import default_overlong_cache_len, overlong_filter_mask, soft_ove
 from .policy_loss import policy_loss
 from .presets import PRESETS, ClipCovConfig, KLCovConfig, Preset, get_preset
 from .ratios import (
+    MAX_LOG_RATIO,
     gspo_token_log_ratio,
+    importance_ratio,
     sequence_log_ratio,
     sequence_ratio_geometric_mean,
     sequence_ratio_product,
     token_log_ratio,
+    zero_masked,
 )
 from .surrogates import cispo_loss, ppo_clip_loss
 
 __all__ = [
     "AGGREGATION_MODES",
+    "MAX_LOG_RATIO",
+    "BatchStatistics",
     "KL_ESTIMATORS",
     "PRESETS",
     "ClipCovConfig",
     "KLCovConfig",
     "Preset",
     "aggregate_loss",
+    "batch_statistics",
     "behaviour_importance_weights",
     "cispo_loss",
     "clip_cov_mask",
@@ -41,6 +48,7 @@ __all__ = [
     "get_preset",
     "group_advantages",
     "gspo_token_log_ratio",
+    "importance_ratio",
     "kl_cov_penalty",
     "kl_estimate",
     "kl_reward_penalty",
@@ -56,8 +64,10 @@ __all__ = [
     "sequence_ratio_geometric_mean",
     "sequence_ratio_product",
     "soft_overlong_penalty",
+    "statistic_inputs",
     "token_covariance",
     "token_log_ratio",
     "top_entropy_mask",
     "valid_reward_mask",
+    "zero_masked",
 ]

@@ -274,7 +274,7 @@ def naive_logprobs_and_entropy(
     return logp, entropy
 
 
-def _linear_quantile(values: Tensor, q: float) -> Tensor:
+def linear_quantile(values: Tensor, q: float) -> Tensor:
     """torch.quantile(values, q) with linear interpolation, via two kthvalue calls (torch.quantile refuses
     inputs above 2^24 elements, which a large batch of tokens can reach)."""
     position = q * (values.numel() - 1)
@@ -290,7 +290,8 @@ def top_entropy_mask(
     """Keep only the high-entropy "forking" tokens: ``mask & (H ≥ τ)``, bool ``[B, T]``.
 
     ``τ`` is the ``quantile``-quantile (linear interpolation) of H over the valid tokens of this batch, or
-    ``threshold`` when given (e.g. computed over the global batch). q = 0.8 keeps the top 20%; TRL's
+    ``threshold`` when given (the trainer passes the one of the whole mini-batch, all micro-batches and
+    processes: :mod:`grpokit.algorithms.batch_statistics`). q = 0.8 keeps the top 20%; TRL's
     ``top_entropy_quantile=ρ`` corresponds to ``quantile = 1 − ρ``. Case H = [0.1, 0.5, 0.9, 1.2, 0.3, 0.7,
     0.8, 1.0, 0.2, 0.6], q = 0.8 → τ = 0.92, keeps 1.0 and 1.2.
     """
@@ -301,5 +302,5 @@ def top_entropy_mask(
         values = entropy.detach()[valid].float()
         if values.numel() == 0:
             return torch.zeros_like(valid)
-        threshold = _linear_quantile(values, quantile)
+        threshold = linear_quantile(values, quantile)
     return valid & (entropy.detach() >= threshold)

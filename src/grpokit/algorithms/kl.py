@@ -24,7 +24,9 @@ KL_ESTIMATORS = tuple(_ESTIMATORS)
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3", clamp: float | None = 10.0) -> Tensor:
     """Per-token KL estimate ``[B, T]``; ``d`` is clamped to [−clamp, clamp] first (exp(d) cannot overflow).
 
-    Differentiable w.r.t. ``logp``; add ``β · aggregate(k)`` to the loss.
+    Differentiable w.r.t. ``logp``; add ``β · aggregate(k)`` to the loss. Zero masked positions of both
+    inputs first (:func:`~grpokit.algorithms.ratios.zero_masked`, as ``policy_loss`` does): ``exp``'s backward
+    at a masked NaN would be ``0 · NaN``.
     """
     if kind not in _ESTIMATORS:
         raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {kind!r}")

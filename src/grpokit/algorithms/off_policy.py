@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .ratios import MAX_LOG_RATIO
+
 BEHAVIOUR_METHODS = ("none", "tis", "mis")
 BEHAVIOUR_LEVELS = ("token", "sequence", "geometric")
 
@@ -58,10 +60,12 @@ def behaviour_importance_weights(
         raise ValueError(f"level must be one of {BEHAVIOUR_LEVELS}, got {level!r}")
     valid = mask.bool()
     m = valid.to(old_logp.dtype)
+    # NaN (unscored) counts as log ρ = 0, ±inf as ± the largest float; the weights see log ρ clamped to
+    # ±MAX_LOG_RATIO (so an infinite one is truncated or masked like any large one), the metrics log ρ itself
     log_rho = torch.nan_to_num((old_logp - behaviour_logp).detach(), nan=0.0)
     log_rho = torch.where(valid, log_rho, 0.0)
 
-    log_w = _LEVELS[level](log_rho, m)
+    log_w = _LEVELS[level](log_rho.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO), m)
     log_high = math.log(cap)
     log_low = -math.inf if lower_cap is None else math.log(lower_cap)
     outside = (log_w > log_high) | (log_w < log_low)
@@ -77,7 +81,7 @@ def behaviour_importance_weights(
     metrics = {
         "mismatch_abs_logratio_mean": _masked_mean(abs_log_rho, valid),
         "mismatch_abs_logratio_max": abs_log_rho.max() if abs_log_rho.numel() else abs_log_rho.new_zeros(()),
-        "kl_mu_old_k3": _masked_mean(torch.exp(log_rho.clamp(max=20.0)) - 1.0 - log_rho, valid),
+        "kl_mu_old_k3": _masked_mean(torch.exp(log_rho.clamp(max=MAX_LOG_RATIO)) - 1.0 - log_rho, valid),
     }
     if method != "none":
         key = "frac_truncated" if method == "tis" else "frac_masked"

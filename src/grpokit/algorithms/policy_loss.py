@@ -4,6 +4,10 @@ ratio (token | sequence | GSPO-token)  →  surrogate (PPO clip | CISPO)
 →  token selection (Clip-Cov detach, KL-Cov penalty, top-entropy mask)
 →  × behaviour IS weights (TIS | MIS, optionally self-normalised)
 →  + β·KL(π_θ ‖ π_ref) − entropy_coef·H  →  aggregate with the global denominators
+
+Every statistic of the batch (the top-entropy τ, the self-normalisation mean, Clip-/KL-Cov's selections)
+and every denominator can be passed in for the whole optimizer mini-batch, so that micro-batches sum to
+the whole-batch loss and gradient (:mod:`grpokit.algorithms.batch_statistics`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import torch
 from torch import Tensor
 
 from .aggregation import aggregate_loss
+from .batch_statistics import BatchStatistics, batch_statistics, needs_batch_statistics, statistic_inputs
 from .entropy import clip_cov_mask, kl_cov_penalty, top_entropy_mask
 from .kl import kl_estimate
 from .off_policy import behaviour_importance_weights, self_normalize_weights
 from .presets import Preset
-from .ratios import gspo_token_log_ratio, sequence_log_ratio, token_log_ratio
+from .ratios import gspo_token_log_ratio, importance_ratio, sequence_log_ratio, token_log_ratio, zero_masked
 from .surrogates import cispo_loss, ppo_clip_loss
 
 # log-ratio per preset.ratio_level: [B, T], or [B, 1] for one ratio per sequence
@@ -35,6 +40,40 @@ _SURROGATES: dict[str, Callable[[Tensor, Tensor, Tensor, Preset], tuple[Tensor, 
     ),
     "cispo": lambda ratio, logp, adv, p: cispo_loss(ratio, logp, adv, eps_low=p.eps_low, eps_high=p.eps_high),
 }
+
+
+def _ratio_and_surrogate(
+    preset: Preset, logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(ratio, per-token surrogate loss, clipped_low, clipped_high), the last three ``[B, T]``."""
+    ratio = importance_ratio(_LOG_RATIOS[preset.ratio_level](logp, old_logp, mask))
+    per_token, clipped_low, clipped_high = _SURROGATES[preset.surrogate](ratio, logp, adv, preset)
+    return ratio, per_token.expand_as(logp), clipped_low.expand_as(logp), clipped_high.expand_as(logp)
+
+
+def loss_statistic_inputs(
+    preset: Preset,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    behaviour_logp: Tensor | None = None,
+    entropy: Tensor | None = None,
+    clip_cov_keys: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """:func:`~grpokit.algorithms.batch_statistics.statistic_inputs` of one micro-batch as :func:`policy_loss`
+    sees it (masked positions zeroed, the PPO-clipped tokens marked for Clip-Cov); no gradient needed."""
+    logp, old_logp = zero_masked(logp.detach(), mask), zero_masked(old_logp, mask)
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+    _, _, clipped_low, clipped_high = _ratio_and_surrogate(preset, logp, old_logp, adv, mask)
+    return statistic_inputs(
+        preset, logp, old_logp, adv, mask,
+        behaviour_logp=None if behaviour_logp is None else zero_masked(behaviour_logp, mask),
+        entropy=None if entropy is None else zero_masked(entropy, mask),
+        clip_cov_keys=clip_cov_keys, clipped=clipped_low | clipped_high,
+    )
 
 
 def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
@@ -93,8 +132,8 @@ def policy_loss(
     num_tokens: int | float | Tensor | None = None,
     max_len: int | None = None,
     generator: torch.Generator | None = None,
-    entropy_threshold: float | Tensor | None = None,
-    behaviour_weight_mean: float | Tensor | None = None,
+    statistics: BatchStatistics | None = None,
+    clip_cov_keys: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss and metrics for one micro-batch.
 
@@ -102,9 +141,14 @@ def policy_loss(
     rollout engine μ), ``advantages[B]`` (broadcast over tokens) or ``[B, T]``, ``mask[B, T]``, ``entropy[B, T]``
     (with gradient if ``entropy_coef`` ≠ 0). ``num_sequences``/``num_tokens``/``max_len`` go to
     :func:`aggregate_loss`: pass the optimizer batch's global counts and the micro-batch losses sum to the
-    full-batch loss. What is only known over the whole batch can be passed in too: ``entropy_threshold``
-    (top-entropy τ) and ``behaviour_weight_mean`` (the self-normalisation mean); otherwise this batch's are
-    used. Clip-Cov and KL-Cov always use this batch's statistics (as verl does).
+    full-batch loss. What is only known over the whole batch is passed as ``statistics``
+    (:func:`~grpokit.algorithms.batch_statistics.batch_statistics` of the whole mini-batch: top-entropy τ,
+    the self-normalisation mean, Clip-/KL-Cov's means and thresholds); None computes them from this batch.
+    ``clip_cov_keys[B, T]`` are Clip-Cov's per-token uniform keys (default: drawn from ``generator``).
+
+    Non-finite inputs: masked positions of every log-prob and of ``entropy`` are replaced by 0 before any
+    difference or ``exp`` (an inf/NaN at padding reaches neither the loss nor the gradient), and each ratio
+    is ``exp`` of a log-ratio clamped to ±20 (:func:`~grpokit.algorithms.ratios.importance_ratio`).
 
     - The KL term ``β·k`` is added when ``preset.beta > 0``, ``ref_logp`` is given and ``kl_in_reward`` is
       False (then the trainer subtracts β·k1 from the reward instead). Without ``ref_logp`` it is skipped.
@@ -121,13 +165,22 @@ def policy_loss(
     :func:`~grpokit.algorithms.off_policy.behaviour_importance_weights`.
     """
     valid = mask.bool()
+    logp, old_logp = zero_masked(logp, mask), zero_masked(old_logp, mask)
+    ref_logp = None if ref_logp is None else zero_masked(ref_logp, mask)
+    behaviour_logp = None if behaviour_logp is None else zero_masked(behaviour_logp, mask)
+    entropy = None if entropy is None else zero_masked(entropy, mask)
     adv = advantages.to(logp.dtype)
     adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv
 
-    ratio = torch.exp(_LOG_RATIOS[preset.ratio_level](logp, old_logp, mask))
-    per_token, clipped_low, clipped_high = _SURROGATES[preset.surrogate](ratio, logp, adv, preset)
-    per_token = per_token.expand_as(logp)
-    clipped_low, clipped_high = clipped_low.expand_as(logp), clipped_high.expand_as(logp)
+    ratio, per_token, clipped_low, clipped_high = _ratio_and_surrogate(preset, logp, old_logp, adv, mask)
+    if preset.clip_cov is not None and clip_cov_keys is None:
+        clip_cov_keys = torch.rand(logp.shape, generator=generator, dtype=torch.float64).to(logp.device)
+    if statistics is None and needs_batch_statistics(preset):
+        statistics = batch_statistics(preset, statistic_inputs(
+            preset, logp, old_logp, adv, mask, behaviour_logp=behaviour_logp, entropy=entropy,
+            clip_cov_keys=clip_cov_keys, clipped=clipped_low | clipped_high,
+        ))
+    statistics = statistics or BatchStatistics()
     ratio_min, ratio_max = _masked_min_max(ratio.expand_as(logp), valid)
     metrics: dict[str, Tensor] = {
         "clip_frac_low": _masked_mean(clipped_low, valid),
@@ -147,8 +200,10 @@ def policy_loss(
             clip_ratio=cfg.clip_ratio,
             cov_low=cfg.cov_low,
             cov_high=cfg.cov_high,
-            generator=generator,
             exclude=clipped_low | clipped_high,
+            keys=clip_cov_keys,
+            means=statistics.covariance_means,
+            key_threshold=statistics.clip_cov_key_threshold,
         )
         # value kept, gradient removed
         per_token = torch.where(detached, per_token.detach(), per_token)
@@ -156,7 +211,14 @@ def policy_loss(
 
     if preset.kl_cov is not None:
         penalty, selected = kl_cov_penalty(
-            logp, old_logp, adv, mask, top_fraction=preset.kl_cov.top_fraction, coef=preset.kl_cov.coef
+            logp,
+            old_logp,
+            adv,
+            mask,
+            top_fraction=preset.kl_cov.top_fraction,
+            coef=preset.kl_cov.coef,
+            means=statistics.covariance_means,
+            threshold=statistics.kl_cov_threshold,
         )
         per_token = per_token + penalty
         metrics["kl_cov_frac"] = _masked_mean(selected, valid)
@@ -164,7 +226,7 @@ def policy_loss(
     if preset.top_entropy_quantile is not None:
         if entropy is None:
             raise ValueError(f"preset {preset.name!r} sets top_entropy_quantile; pass entropy=")
-        keep = top_entropy_mask(entropy, mask, preset.top_entropy_quantile, threshold=entropy_threshold)
+        keep = top_entropy_mask(entropy, mask, preset.top_entropy_quantile, threshold=statistics.entropy_threshold)
         per_token = torch.where(keep, per_token, torch.zeros_like(per_token))
         metrics["top_entropy_frac"] = _masked_mean(keep, valid)
 
@@ -184,11 +246,9 @@ def policy_loss(
             lower_cap=preset.behaviour_lower_cap,
         )
         if preset.self_normalize_is:
+            mean = statistics.behaviour_weight_mean
             weights = self_normalize_weights(
-                weights,
-                mask,
-                global_sum=behaviour_weight_mean,
-                global_count=None if behaviour_weight_mean is None else 1.0,
+                weights, mask, global_sum=mean, global_count=None if mean is None else 1.0
             )
         if preset.behaviour_correction != "none":
             per_token = per_token * weights

@@ -17,7 +17,8 @@ from .off_policy import BEHAVIOUR_LEVELS, BEHAVIOUR_METHODS
 @dataclass(frozen=True)
 class ClipCovConfig:
     """Clip-Cov (arXiv 2505.22617): detach a random ``clip_ratio`` of the valid tokens whose cov lies in
-    (``cov_low``, ``cov_high``). Paper/verl defaults."""
+    (``cov_low``, ``cov_high``), chosen over the whole mini-batch (all micro-batches and processes; verl
+    chooses per micro-batch). Paper/verl defaults."""
 
     clip_ratio: float = 2e-4
     cov_low: float = 1.0
@@ -27,7 +28,8 @@ class ClipCovConfig:
 @dataclass(frozen=True)
 class KLCovConfig:
     """KL-Cov (arXiv 2505.22617): add ``coef·|log π_θ − log π_old|`` to the ``top_fraction`` of valid tokens
-    with the largest cov. Paper defaults for 7B models."""
+    with the largest cov over the whole mini-batch (all micro-batches and processes). Paper defaults for 7B
+    models."""
 
     top_fraction: float = 2e-3
     coef: float = 1.0
@@ -78,7 +80,8 @@ class Preset:
     kl_estimator: str = "k3"  # "k1" | "k2" | "k3" (Schulman)
     kl_in_reward: bool = False  # True: −β·k1 goes into the per-token reward instead of the loss
     entropy_coef: float = 0.0  # loss −= entropy_coef · H (aggregated like the policy loss)
-    top_entropy_quantile: float | None = None  # train only tokens with H ≥ this quantile (0.8 keeps top 20%)
+    top_entropy_quantile: float | None = None  # train only tokens with H ≥ this quantile of the mini-batch's
+    # (all micro-batches and processes; 0.8 keeps the top 20%). Split batches cost one no-grad forward more.
     clip_cov: ClipCovConfig | None = None  # Clip-Cov token detaching (None: off)
     kl_cov: KLCovConfig | None = None  # KL-Cov penalty (None: off)
     # --- behaviour-policy (rollout engine) mismatch (grpokit.algorithms.off_policy) ---
@@ -86,7 +89,7 @@ class Preset:
     behaviour_level: str = "token"  # "token" | "sequence" | "geometric"
     behaviour_cap: float = 2.0  # C: weights above C are truncated (tis) or dropped (mis)
     behaviour_lower_cap: float | None = None  # optional lower bound, e.g. 1/C (None: no lower bound)
-    self_normalize_is: bool = False  # divide the IS weights by their mean over the batch
+    self_normalize_is: bool = False  # divide the IS weights by their mean over the mini-batch (every process)
     # --- sampling and length handling (DAPO) ---
     dynamic_sampling: bool = False  # drop all-equal-reward groups and sample more until the batch is full
     overlong_filter: bool = False  # truncated completions get loss mask 0

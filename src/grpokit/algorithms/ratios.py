@@ -1,16 +1,45 @@
 """Importance ratios between the policy being trained and π_old, in log space.
 
 ``logp`` and ``old_logp`` are ``[B, T]`` per-token log-probs of the sampled tokens under π_θ and π_old;
-``mask[B, T]`` is 1 on the completion tokens that count. Masked positions never enter a sum or a mean.
+``mask[B, T]`` is 1 on the completion tokens that count. Masked positions never enter a sum or a mean:
+they are replaced with 0 by ``torch.where`` (never multiplied by the mask), so an inf or NaN log-prob at a
+padding position cannot reach a value or, through a ``0 · inf`` in a backward pass, a gradient.
+
+Non-finite ratios. A ratio is ``exp`` of a log-ratio; in float32 ``exp`` overflows above 88.7, and one
+token with log-ratio 95 made the loss NaN (``inf · A`` with A = 0) or inf (A < 0). :func:`importance_ratio`
+clamps the log-ratio to ±``MAX_LOG_RATIO`` = ±20 first (verl's bound): ``e^20 ≈ 4.85e8`` is finite in
+float16/bfloat16/float32, a token beyond the bound gets a finite loss and no gradient through its ratio,
+and every ratio a clipped objective can use (ε ≪ 1, δ or dual-clip c of a few units) lies far inside it.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+MAX_LOG_RATIO = 20.0  # |log r| bound before exp; see the module docstring
 
 
 def _float_mask(mask: Tensor, like: Tensor) -> Tensor:
     return mask.to(dtype=like.dtype)
+
+
+def zero_masked(values: Tensor, mask: Tensor) -> Tensor:
+    """``values`` with every masked position replaced by 0 (``torch.where``: the gradient there is exactly 0).
+
+    Apply to every log-prob *before* a difference or an ``exp``: ``exp``'s backward at a masked inf would
+    be ``0 · inf = NaN`` even though the masked loss is finite. Case [−1, inf] with mask [1, 0] → [−1, 0].
+    """
+    return torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def importance_ratio(log_ratio: Tensor, bound: float = MAX_LOG_RATIO) -> Tensor:
+    """``r = exp(clamp(ℓ, −bound, bound))``; default bound 20 (module docstring).
+
+    Inside the bound this is ``exp(ℓ)`` with its gradient; outside, the value is ``e^{±20}`` and the
+    gradient through ℓ is 0. Case ℓ = 95 → r = e^20 = 485165195.4; ℓ = 0.5 → 1.648721.
+    """
+    return torch.exp(log_ratio.clamp(-bound, bound))
 
 
 def token_log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
@@ -23,7 +52,7 @@ def sequence_ratio_product(log_ratio: Tensor, mask: Tensor) -> Tensor:
 
     Case r = [1.1, 0.9, 1.5]: Π = 1.485.
     """
-    return (log_ratio * _float_mask(mask, log_ratio)).sum(dim=-1)
+    return zero_masked(log_ratio, mask).sum(dim=-1)
 
 
 def sequence_ratio_geometric_mean(log_ratio: Tensor, mask: Tensor) -> Tensor:
@@ -32,7 +61,7 @@ def sequence_ratio_geometric_mean(log_ratio: Tensor, mask: Tensor) -> Tensor:
     Case r = [1.1, 0.9, 1.5]: 1.485^(1/3) = 1.140886.
     """
     m = _float_mask(mask, log_ratio)
-    return (log_ratio * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
+    return zero_masked(log_ratio, mask).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
 
 
 def sequence_log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from grpokit.algorithms import aggregate_loss, ppo_clip_loss
+from grpokit.algorithms import aggregate_loss, importance_ratio, ppo_clip_loss
 
 from .guard import ratio_norm_log_ratio
 from .presets import FlowPreset
@@ -51,7 +51,8 @@ def step_loss(
 ) -> StepLoss:
     """``L_i = w_k·PPO-clip(r_i, A_i) + β·KL_i`` for the rows of step k.
 
-    ``r = exp(log p_θ − log p_old)``, or with ``preset.ratio_norm`` ``r̂ = exp(RatioNorm log-ratio)``;
+    ``r = exp(log p_θ − log p_old)``, or with ``preset.ratio_norm`` ``r̂ = exp(RatioNorm log-ratio)``, the
+    log-ratio clamped to ±20 first (:func:`~grpokit.algorithms.importance_ratio`: a float32 exp cannot overflow);
     ``A`` clamped to ±``adv_clip_max``; clip bounds ``1 − eps_low``, ``1 + eps_high`` of ``preset.loss``;
     ``w_k`` the step's balancing weight (1 when off); ``KL = ‖μ_θ − μ_ref‖²/(2 s²)`` reduced like the
     log-prob, added when ``loss.beta > 0`` and ``ref_mean`` is given.
@@ -61,7 +62,7 @@ def step_loss(
     log_ratio = normed if preset.ratio_norm else raw
     adv = advantages.to(logp.device, logp.dtype).clamp(-preset.adv_clip_max, preset.adv_clip_max)
     surrogate, clipped_low, clipped_high = ppo_clip_loss(
-        torch.exp(log_ratio), adv, eps_low=preset.loss.eps_low, eps_high=preset.loss.eps_high
+        importance_ratio(log_ratio), adv, eps_low=preset.loss.eps_low, eps_high=preset.loss.eps_high
     )
     loss = weight * surrogate
     kl = None

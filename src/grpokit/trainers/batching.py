@@ -80,3 +80,14 @@ def mini_batch_rows(group_ids: Tensor, num_mini_batches: int, generator: torch.G
 
 def micro_batch_rows(rows: Tensor, micro_batch_size: int) -> list[Tensor]:
     return list(rows.split(micro_batch_size))
+
+
+def token_keys(generator: torch.Generator, num_rows: int, width: int, rows: Tensor) -> Tensor:
+    """Uniform float64 keys ``[len(rows), width]`` for the rows ``rows`` of a global batch of ``num_rows``.
+
+    Each call draws the keys of the whole global batch (``num_rows × width``) and keeps the asked rows, so
+    a token's key depends only on (the call, its global row, its position): not on the micro-batch or the
+    process that holds it. Clip-Cov picks its random tokens by these keys.
+    """
+    keys = torch.rand(num_rows, width, generator=generator, dtype=torch.float64)
+    return keys[rows.cpu()]
