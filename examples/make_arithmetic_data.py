@@ -1,6 +1,8 @@
 """Write what `examples/arithmetic.yaml` needs: addition prompts as JSONL and a tiny local policy.
 
-Both go to outputs/arithmetic-example/ (git-ignored) unless --data-dir / --model-dir say otherwise.
+Both go to outputs/arithmetic-example/ under the current directory (git-ignored in this repository)
+unless --data-dir / --model-dir say otherwise; examples/arithmetic.yaml reads them from there, so run
+both commands from the same directory:
 
     .venv/bin/python examples/make_arithmetic_data.py            # ~1 minute on a laptop CPU
     .venv/bin/grpokit train examples/arithmetic.yaml
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-OUTPUT = Path(__file__).resolve().parents[1] / "outputs" / "arithmetic-example"  # git-ignored
+# Relative to the current directory, as the paths in examples/arithmetic.yaml are.
+OUTPUT = Path("outputs") / "arithmetic-example"
 
 
 def write_arithmetic_data(data_dir: str | Path, *, heldout: int = 200, seed: int = 0) -> tuple[Path, Path]:

@@ -339,3 +339,190 @@ def test_loading_incomplete_checkpoint_raises(tmp_path):
     (tmp_path / "step-000001").mkdir()
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         CheckpointManager(tmp_path).load(tmp_path / "step-000001")
+
+
+# -- full disks ----------------------------------------------------------------------------------
+
+
+def adam_with_state(size: int) -> torch.optim.Optimizer:
+    """An AdamW that has stepped once: its state holds two tensors of `size` floats."""
+    parameter = torch.nn.Parameter(torch.zeros(size))
+    optimizer = torch.optim.AdamW([parameter])
+    parameter.grad = torch.ones(size)
+    optimizer.step()
+    return optimizer
+
+
+def test_disk_filling_up_inside_torch_save_says_no_space_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    import grpokit.checkpoint as checkpoint_module
+    from grpokit.errors import RunDirError
+
+    manager = CheckpointManager(tmp_path)
+    first = save_plain(manager, 1, optimizer=adam_with_state(10))
+
+    class FillingDisk:
+        """A file on a disk with 4 KiB left: writes past that fail like the kernel's write(2) does."""
+
+        def __init__(self, path, mode):
+            self.handle = builtins.open(path, mode)
+            self.room = 4096
+
+        def write(self, data):
+            if len(data) > self.room:
+                self.handle.write(bytes(data)[: self.room])
+                self.room = 0
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.room -= len(data)
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.handle.close()
+
+    monkeypatch.setattr(checkpoint_module, "open", FillingDisk, raising=False)
+    target = tmp_path / "checkpoints" / "step-000002" / "optimizer.pt"
+    with pytest.raises(RunDirError, match=rf"^no space left on device writing {target} \(free: [\d.]+ MiB\)$"):
+        save_plain(manager, 2, optimizer=adam_with_state(100_000))  # 800 kB of Adam moments
+
+    monkeypatch.undo()
+    assert manager.latest() == first and manager.step_checkpoints() == [first]
+    assert hidden_entries(tmp_path / "checkpoints") == []  # the partial checkpoint is gone
+    assert manager.load(first, restore_rng=False)["step"] == 1
+
+
+def test_real_full_disk_ends_in_one_line_and_the_previous_checkpoint_still_loads(small_tmpfs):
+    from grpokit.errors import RunDirError
+
+    run_dir = small_tmpfs(size="1m")
+    manager = CheckpointManager(run_dir)
+    small = adam_with_state(1000)
+    first = save_plain(manager, 1, optimizer=small)
+    with pytest.raises(RunDirError, match=r"^no space left on device writing .*step-000002/optimizer.pt \(free: "):
+        save_plain(manager, 2, optimizer=adam_with_state(500_000))  # 4 MB of moments on a 1 MiB disk
+
+    assert manager.latest_intact() == first and hidden_entries(run_dir / "checkpoints") == []
+    restored = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1000))])
+    manager.load(first, optimizer=restored, restore_rng=False)
+    assert torch.equal(restored.state_dict()["state"][0]["exp_avg"], small.state_dict()["state"][0]["exp_avg"])
+
+
+# -- damaged checkpoints ---------------------------------------------------------------------------
+
+
+def save_safetensors_model(manager: CheckpointManager, step: int) -> Path:
+    from safetensors.torch import save_file
+
+    def saver(directory: Path) -> None:
+        directory.mkdir()
+        save_file({"weight": torch.full((64, 64), float(step))}, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text('{"hidden_size": 64}')
+
+    return manager.save(step, model_saver=saver, optimizer=adam_with_state(100))
+
+
+def truncate(path: Path, keep_fraction: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+
+
+def test_intact_checkpoint_has_no_damage(tmp_path):
+    from grpokit.checkpoint import find_damage
+
+    assert find_damage(save_safetensors_model(CheckpointManager(tmp_path), 1)) == []
+
+
+@pytest.mark.parametrize(("damaged_file", "problem"), [
+    ("model/model.safetensors", r"model/model.safetensors: \d+ bytes, its header says \d+ \(truncated\)"),
+    ("trainer_state.json", r"trainer_state.json: not valid JSON \(\d+ bytes; truncated\?\)"),
+    ("optimizer.pt", r"optimizer.pt: not a complete torch file \(\d+ bytes; truncated\?\)"),
+    ("model/config.json", r"model/config.json: not valid JSON"),
+])
+def test_truncated_file_in_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(
+        tmp_path, damaged_file, problem):
+    manager = CheckpointManager(tmp_path)
+    first = save_safetensors_model(manager, 1)
+    second = save_safetensors_model(manager, 2)
+    truncate(second / damaged_file)
+
+    with pytest.warns(UserWarning, match=rf"checkpoint {second} is damaged \({problem}.*\); falling back"):
+        assert manager.latest_intact() == first
+    assert manager.latest() == second  # `latest` keeps its meaning: the newest complete checkpoint
+
+
+def test_header_of_safetensors_cut_short_is_damage(tmp_path):
+    from grpokit.checkpoint import find_damage
+
+    path = save_safetensors_model(CheckpointManager(tmp_path), 1)
+    (model_dir(path) / "model.safetensors").write_bytes(b"\x10\x00")
+    assert find_damage(path) == ["model/model.safetensors: header cut short (2 bytes; truncated?)"]
+
+
+def test_when_every_checkpoint_is_damaged_the_error_names_each_damaged_file(tmp_path):
+    from grpokit.checkpoint import DamagedCheckpointError
+
+    manager = CheckpointManager(tmp_path)
+    first = save_safetensors_model(manager, 1)
+    second = save_safetensors_model(manager, 2)
+    truncate(first / "optimizer.pt")
+    truncate(model_dir(second) / "model.safetensors")
+
+    with pytest.warns(UserWarning), pytest.raises(DamagedCheckpointError) as caught:
+        manager.latest_intact()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "step-000002: model/model.safetensors: " in message and "step-000001: optimizer.pt: " in message
+    assert [path for path, _ in caught.value.damaged] == [second, first]
+
+
+def test_no_checkpoint_at_all_is_none_not_an_error(tmp_path):
+    assert CheckpointManager(tmp_path).latest_intact() is None
+    assert CheckpointManager(tmp_path / "never-trained", read_only=True).latest_intact() is None
+
+
+def test_read_only_manager_leaves_a_running_trainers_save_in_progress_alone(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    first = save_plain(manager, 1)
+    in_progress = tmp_path / "checkpoints" / ".tmp-step-000002-99999"  # another process is writing it
+    in_progress.mkdir()
+
+    reader = CheckpointManager(tmp_path, read_only=True)
+    assert reader.latest_intact() == first and in_progress.is_dir()
+    with pytest.raises(RuntimeError, match="read-only"):
+        save_plain(reader, 3)
+    CheckpointManager(tmp_path / "never", read_only=True)
+    assert not (tmp_path / "never").exists()  # a reader creates nothing
+
+
+def test_legacy_torch_files_are_not_mistaken_for_damage_but_empty_ones_are(tmp_path):
+    from grpokit.checkpoint import find_damage
+
+    path = save_safetensors_model(CheckpointManager(tmp_path), 1)
+    torch.save({"w": torch.ones(3)}, model_dir(path) / "legacy.bin", _use_new_zipfile_serialization=False)
+    assert find_damage(path) == []
+    (path / "scheduler.pt").write_bytes(b"")
+    assert find_damage(path) == ["scheduler.pt: not a complete torch file (0 bytes; truncated?)"]
+
+
+def test_a_checkpoint_pinned_by_a_reader_is_not_pruned_until_the_reader_lets_go(tmp_path):
+    from grpokit.checkpoint import release_pins
+
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    first = save_plain(manager, 1)
+    reader = CheckpointManager(tmp_path, read_only=True)
+    try:
+        assert reader.pin_latest_intact() == first  # e.g. `grpokit eval` building its model
+        second = save_plain(manager, 2)
+        assert manager.step_checkpoints() == [first, second]  # keep_last=1, but first is being read
+        assert manager.load(first, restore_rng=False)["step"] == 1
+    finally:
+        release_pins()
+    third = save_plain(manager, 3)
+    assert manager.step_checkpoints() == [third]  # the next save prunes what the reader held

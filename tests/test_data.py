@@ -283,3 +283,71 @@ def test_resuming_on_a_different_data_set_size_is_refused():
     state = PromptSampler(7, seed=1).state_dict()
     with pytest.raises(ValueError, match="num_prompts"):
         PromptSampler(8, seed=1).load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- ragged CSV, prompt tokens
+
+
+def test_ragged_csv_rows_are_caught_at_load_naming_row_and_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,answer\n"1+1=",2\n2+2=,4,extra\n"multi\nline",5\n3+3=\n')
+    with pytest.raises(DataError) as caught:
+        load_prompt_dataset(path)
+    problems = {p.location: p.message for p in caught.value.problems}
+    assert set(problems) == {"row 1", "row 3"}  # the quoted two-line prompt (row 2) is one well-formed row
+    assert "has 3 field(s) but the header has 2 (line 3)" in problems["row 1"]
+    assert "has 1 field(s) but the header has 2 (line 6)" in problems["row 3"]
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    from grpokit.models import build_char_tokenizer
+
+    return build_char_tokenizer("0123456789+=")  # one token per character, no special tokens added
+
+
+def test_prompt_over_the_token_limit_is_an_error_naming_file_line_and_limit(tmp_path, char_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "1+1="}, {"prompt": "9" * 50 + "+1="}, {"prompt": "2+2="}])
+    data = load_prompt_dataset(path)
+    with pytest.raises(DataError) as caught:
+        data.check_prompt_tokens(char_tokenizer, max_tokens=8, limit_reason="data.max_prompt_tokens")
+    (problem,) = caught.value.problems
+    assert (problem.source, problem.location, problem.column) == (str(path), "line 2", "prompt")
+    assert "prompt is 53 tokens, over the limit of 8 (data.max_prompt_tokens)" in problem.message
+    assert "data.truncate_prompts: left" in problem.message
+
+
+def test_truncate_left_keeps_the_last_tokens_and_counts_the_cut_prompts(tmp_path, char_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "1+1="}, {"prompt": "123456789+1="}])
+    data = load_prompt_dataset(path)
+    assert data.check_prompt_tokens(char_tokenizer, max_tokens=6, truncate="left") == 1
+    assert data.render(0, char_tokenizer) == "1+1="  # within the limit: untouched
+    assert data.render(1, char_tokenizer) == "789+1="  # the last 6 characters = 6 tokens
+
+
+def test_prompt_that_encodes_to_nothing_names_row_and_tokenizer_class(tmp_path):
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # A normalizer that deletes letters: a prompt of letters encodes to nothing (as a mismatched tokenizer can).
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "1": 1, "+": 2, "=": 3}, unk_token="<unk>"))
+    backend.normalizer = normalizers.Replace(Regex("[a-z]"), "")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    data = PromptDataset.from_records([{"prompt": "1+1="}, {"prompt": "abc"}])
+    with pytest.raises(DataError) as caught:
+        data.check_prompt_tokens(tokenizer)
+    (problem,) = caught.value.problems
+    assert problem.location == "row 1"
+    assert f"encodes to no tokens with {type(tokenizer).__name__}" in problem.message
+
+
+def test_token_check_of_a_large_data_set_is_fast(char_tokenizer):
+    import time
+
+    data = PromptDataset.from_records([{"prompt": f"{i}+{i}="} for i in range(20_000)])
+    started = time.perf_counter()
+    assert data.check_prompt_tokens(char_tokenizer, max_tokens=64) == 0
+    # Batch tokenization runs ~1e5-1e6 short prompts per second; a per-row loop through the Python tokenizer
+    # call is about 10x slower. 10 s bounds a loaded shared CPU with a wide margin.
+    assert time.perf_counter() - started < 10.0

@@ -17,3 +17,8 @@ def test_a_shortened_demo_runs_end_to_end_and_prints_its_line(tmp_path, capsys):
     assert 0.0 <= result.accuracy_after <= 100.0 and result.warmup_steps == 10
     steps = [r["step"] for r in read_metrics(tmp_path / "demo" / "metrics.jsonl") if "train/loss" in r]
     assert steps == [1, 2]
+    # The completions log: the first 4 held-out prompts' greedy completions at each evaluation (steps 0, 2).
+    from grpokit.monitoring.samples import read_samples
+
+    held_out = [(r["step"], r["index"]) for r in read_samples(tmp_path / "demo") if r["kind"] == "eval"]
+    assert held_out == [(step, index) for step in (0, 2) for index in range(4)]

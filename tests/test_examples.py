@@ -58,6 +58,16 @@ def test_arithmetic_data_writer_holds_out_200_problems_with_exact_sums(tmp_path)
     assert heldout[0]["answer"] == str(int(a) + int(b))
 
 
+def test_arithmetic_data_writer_defaults_to_where_the_example_config_reads():
+    generator = _example_module("make_arithmetic_data")
+    config = load_lm_config(EXAMPLES / "arithmetic.yaml")
+    # Both relative to the current directory, whichever it is (not to the script's location).
+    assert not generator.OUTPUT.is_absolute()
+    assert Path(config.model.name_or_path) == generator.OUTPUT / "tiny-model"
+    assert Path(config.data.path) == generator.OUTPUT / "data" / "arithmetic_train.jsonl"
+    assert Path(config.data.eval_path) == generator.OUTPUT / "data" / "arithmetic_eval.jsonl"
+
+
 def test_cli_trains_the_arithmetic_example_for_two_steps_and_checkpoints(tmp_path, monkeypatch):
     generator = _example_module("make_arithmetic_data")
     train_path, eval_path = generator.write_arithmetic_data(tmp_path / "data")

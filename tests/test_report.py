@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import math
 import re
 import shutil
@@ -12,7 +13,7 @@ import pytest
 from grpokit.cli import main
 from grpokit.guards import record_event
 from grpokit.monitoring import MetricsLogger
-from grpokit.report import PANELS, REPORT_FILENAME, summarize, write_report
+from grpokit.report import PANELS, REPORT_FILENAME, describe_change, summarize, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 # Sets data-images-loaded on <body> to the number of images once every one has decoded, else "broken".
@@ -145,3 +146,71 @@ def test_report_images_load_in_a_headless_browser(hacked_report):
     corrupt = page.with_name("corrupt.html")
     corrupt.write_text(page.read_text().replace("base64,iVBOR", "base64,XXXXX", 1))
     assert _images_loaded_in_chromium(corrupt) == "broken"
+
+
+def test_captions_state_what_this_run_did_with_numbers(hacked_report):
+    page = hacked_report.read_text()
+    # 31 per-step values: the means of the first and last 3 (a tenth); reward 0.3 + 0.02·step → 0.32, 0.88.
+    assert ("reward/mean rose from 0.32 to 0.88 (+175%) between step 0 and step 30 (means of the first and "
+            "last 3 values)") in page
+    # exp(−step/10): (1 + e^−0.1 + e^−0.2)/3 = 0.908, (e^−2.8 + e^−2.9 + e^−3)/3 = 0.0552.
+    assert "train/entropy_mean fell from 0.908 to 0.0552 (-94%) between step 0 and step 30;" in page
+    # 4 evaluations: end points, and the peak it fell from.
+    assert "gold/score fell from 0.25 to 0 (-100%) between step 0 and step 30, after peaking at 0.5 at step 10" in page
+    assert "eval/mean@4 fell from 25% to 0% (-25.0 points)" in page  # accuracies: percent, change in points
+    assert "Training reward (reward/mean) rose from 0.32 to 0.88 (+175%)" in page  # the summary says it too
+    for panel in PANELS:  # the generic reading guide is the tooltip, not the caption
+        assert f"<figcaption>{html.escape(panel.look_for)}" not in page
+
+
+def test_describe_change_says_when_a_series_did_not_move():
+    records = [{"step": 1, "x": 2.0}, {"step": 5, "x": 2.0}]
+    assert describe_change(records, "x") == "x stayed at 2 between step 1 and step 5"
+    assert describe_change(records[:1], "x") == "x was 2 at step 1 (one point)"
+    assert describe_change(records, "missing") is None
+
+
+def test_report_shows_the_latest_training_samples_and_the_held_out_prompts_across_training(tmp_path):
+    from grpokit.monitoring.samples import SamplesLog
+
+    run = _entropy_only_run(tmp_path / "run")
+    with SamplesLog(run) as log:
+        for step in (1, 2):
+            log.write([{"step": step, "kind": "train", "group": 0, "prompt_index": 3, "prompt": "2+2=",
+                        "completion": f"answer-at-{step}", "rewards": {"exact_match": 0.0}, "total": 0.0,
+                        "advantage": -0.5}])
+        for step, completion in ((0, "5"), (2, "<4>")):
+            log.write([{"step": step, "kind": "eval", "index": 0, "prompt": "1+3=", "completion": completion,
+                        "rewards": {"exact_match": None, "gold/exact": 1.0}, "greedy": True}])
+    page = write_report(run).read_text()
+    assert "Training samples at step 2" in page and "answer-at-2" in page and "answer-at-1" not in page
+    held_out = page[page.index("Held-out prompts across training"):]
+    assert "eval row 0: <code>1+3=</code>" in held_out
+    assert held_out.index("<td>0</td><td><code>5</code>") < held_out.index("<td>2</td><td><code>&lt;4&gt;</code>")
+    assert "exact_match None, gold/exact 1</td>" in held_out  # every score named, None shown as None
+
+
+def test_cli_report_skips_torn_last_lines_and_names_file_and_line_of_a_bad_middle_line(tmp_path, capsys):
+    run = _synthetic_run(tmp_path / "run")
+    metrics, alarms = run / "metrics.jsonl", run / "alarms.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 31, "reward/me')  # the disk filled mid-line
+    alarms.write_text(alarms.read_text() + '{"step": 31, "ki')
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert main(["report", str(run)]) == 0
+    assert (run / REPORT_FILENAME).is_file()
+
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([*lines[:3], "{not json", *lines[3:]]))
+    assert main(["report", str(run)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"grpokit: log file error: {metrics}:4: not a JSON object") and "\n" not in error
+
+
+def test_summary_says_when_every_held_out_prompt_gets_the_same_completion():
+    samples = [{"step": 10, "kind": "eval", "index": i, "completion": "1"} for i in range(4)]
+    samples += [{"step": 10, "kind": "train", "completion": c} for c in ("1", "12", "1", "3")]
+    samples += [{"step": 0, "kind": "eval", "index": i, "completion": str(i)} for i in range(4)]  # older: ignored
+    lines = summarize([], [], samples)
+    assert "Latest training samples, step 10: 3 distinct completion(s) among 4." in lines
+    assert ("Latest fixed held-out prompts (greedy), step 10: 1 distinct completion(s) among 4, all '1': "
+            "the policy gives every prompt the same answer.") in lines

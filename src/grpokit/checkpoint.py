@@ -16,11 +16,15 @@ Why this shape: a checkpoint becomes visible only through ``os.rename`` of a ful
 fsynced directory, so a crash at any point leaves either the old state or the new one, never a
 half-written checkpoint that a resumed run would load. Hidden names (``.tmp-*``, ``.old-*``,
 ``.trash-*``) are leftovers of an interrupted save or prune; the manager repairs them on start.
-One manager (one process) writes a run directory at a time.
+One manager (one process) writes a run directory at a time: trainers hold the run directory's lock
+(:mod:`grpokit.run_lock`); readers use ``CheckpointManager(..., read_only=True)``, which repairs nothing.
+A checkpoint damaged afterwards (a truncated copy, a full disk under another tool) is found by
+:func:`find_damage` and skipped by :meth:`CheckpointManager.latest_intact`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -35,12 +39,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpokit.checkpoint_integrity import TRAINER_STATE_FILE, find_damage
+from grpokit.errors import RunDirError
+from grpokit.run_dir import io_error
+
+try:
+    import fcntl
+except ImportError:  # Windows: readers cannot pin checkpoints
+    fcntl = None
+
 COMPLETE_MARKER = "COMPLETE"
 LATEST_POINTER = "latest"
 MODEL_DIRNAME = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
-TRAINER_STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng.pt"
 FORMAT_VERSION = 1
 
@@ -164,6 +176,61 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that keeps the errno of a failed write (torch reports ENOSPC as "unexpected pos")."""
+    with open(path, "wb") as handle:
+        writer = _ErrnoKeepingWriter(handle)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError as error:
+            if writer.error is not None:
+                raise writer.error from error
+            raise
+
+
+class _ErrnoKeepingWriter:
+    """A file for ``torch.save`` that remembers the OSError its writes raised (torch replaces it)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _is_io_failure(error: BaseException) -> bool:
+    """An OSError, or a library's error that wraps one (safetensors: "No space left on device (os error 28)")."""
+    if isinstance(error, OSError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, Exception) and ("os error" in text or "no space left" in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damage (the checks themselves: grpokit.checkpoint_integrity)
+
+
+class DamagedCheckpointError(RunDirError):
+    """No checkpoint of the run can be resumed: each has a truncated or unreadable file.
+
+    ``damaged`` lists ``(checkpoint path, [problem, ...])``, newest first.
+    """
+
+    kind = "checkpoint"
+
+    def __init__(self, message: str, damaged: list[tuple[Path, list[str]]]):
+        super().__init__(message)
+        self.damaged = damaged
+
+
 # ---------------------------------------------------------------------------------------------
 # The manager
 
@@ -176,13 +243,21 @@ class CheckpointManager:
     crashed save or prune left behind.
     """
 
-    def __init__(self, run_dir: str | Path, *, keep_last: int | None = 3):
+    def __init__(self, run_dir: str | Path, *, keep_last: int | None = 3, read_only: bool = False):
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or None (keep all), got {keep_last}")
         self.run_dir = Path(run_dir)
         self.checkpoints_dir = self.run_dir / "checkpoints"
         self.keep_last = keep_last
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if read_only:
+            # A reader (`grpokit eval`) next to a running trainer: the ".tmp-*" dirs are that trainer's
+            # saves in progress, not leftovers to repair.
+            return
+        try:
+            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise io_error(error, self.checkpoints_dir, "creating") from error
         self._repair_interrupted_operations()
 
     # -- writing --------------------------------------------------------------------------------
@@ -222,30 +297,47 @@ class CheckpointManager:
             allow_nan=False,
         )  # serialized before any file is written, so bad extra_state fails early
 
+        if self.read_only:
+            raise RuntimeError(f"{self.checkpoints_dir}: a read-only CheckpointManager cannot save")
         temp_dir = self.checkpoints_dir / f"{_TEMP_PREFIX}{final_name}-{os.getpid()}"
-        if temp_dir.exists():
-            shutil.rmtree(temp_dir)
-        temp_dir.mkdir()
+        writing = temp_dir  # what is being written, for the message when the write fails
         try:
-            model_saver(temp_dir / MODEL_DIRNAME)
+            if temp_dir.exists():
+                shutil.rmtree(temp_dir)
+            temp_dir.mkdir()
+            writing = temp_dir / MODEL_DIRNAME
+            model_saver(writing)
+            parts = []
             if optimizer is not None:
-                torch.save(optimizer.state_dict(), temp_dir / OPTIMIZER_FILE)
+                parts.append((OPTIMIZER_FILE, optimizer.state_dict))
             if scheduler is not None:
-                torch.save(scheduler.state_dict(), temp_dir / SCHEDULER_FILE)
+                parts.append((SCHEDULER_FILE, scheduler.state_dict))
             if rng:
-                torch.save(capture_rng_state(), temp_dir / RNG_FILE)
-            _write_text(temp_dir / TRAINER_STATE_FILE, trainer_state_json)
+                parts.append((RNG_FILE, capture_rng_state))
+            for filename, state in parts:
+                writing = temp_dir / filename
+                _torch_save(state(), writing)
+            writing = temp_dir / TRAINER_STATE_FILE
+            _write_text(writing, trainer_state_json)
+            writing = temp_dir
             _fsync_tree(temp_dir)
             _write_text(temp_dir / COMPLETE_MARKER, f"{step}\n")
             _fsync_path(temp_dir)
             final_dir = self._install(temp_dir, final_name)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(temp_dir, ignore_errors=True)
+            if _is_io_failure(error):
+                # Named by where the file would have landed; the previous checkpoints are untouched.
+                where = self.checkpoints_dir / final_name / writing.relative_to(temp_dir)
+                raise io_error(error, where) from error
             raise
 
-        if tag is None:
-            self._point_latest_to(final_name)
-            self._prune(newest_step=step)
+        try:
+            if tag is None:
+                self._point_latest_to(final_name)
+                self._prune(newest_step=step)
+        except OSError as error:
+            raise io_error(error, self.checkpoints_dir / LATEST_POINTER) from error
         return final_dir
 
     def _install(self, temp_dir: Path, final_name: str) -> Path:
@@ -290,15 +382,20 @@ class CheckpointManager:
         keep_older = self.keep_last - 1
         to_delete = older[: len(older) - keep_older] if keep_older > 0 else older
         for path in to_delete:
-            # Rename first so a crash mid-delete never leaves a half-deleted "step-*" dir.
-            trash_dir = self.checkpoints_dir / f"{_TRASH_PREFIX}{path.name}-{os.getpid()}"
-            os.rename(path, trash_dir)
-            shutil.rmtree(trash_dir)
+            with _unpinned(path) as free:
+                if not free:
+                    continue  # a reader (`grpokit eval`) is loading it: pruned at a later save
+                # Rename first so a crash mid-delete never leaves a half-deleted "step-*" dir.
+                trash_dir = self.checkpoints_dir / f"{_TRASH_PREFIX}{path.name}-{os.getpid()}"
+                os.rename(path, trash_dir)
+                shutil.rmtree(trash_dir)
 
     # -- finding --------------------------------------------------------------------------------
 
     def _complete_step_dirs(self) -> list[tuple[int, Path]]:
         found = []
+        if not self.checkpoints_dir.is_dir():
+            return found
         for path in self.checkpoints_dir.iterdir():
             match = _STEP_DIR_RE.match(path.name)
             if match and path.is_dir() and is_complete(path):
@@ -323,6 +420,42 @@ class CheckpointManager:
                 return self.checkpoints_dir / name
         complete = self._complete_step_dirs()
         return complete[-1][1] if complete else None
+
+    def latest_intact(self) -> Path | None:
+        """The checkpoint to resume from, skipping damaged ones; ``None`` when there is no checkpoint.
+
+        Candidates are :meth:`latest`, then the complete step checkpoints before it, newest first. A
+        candidate with a truncated or unreadable file (see :func:`find_damage`) is skipped with a
+        warning naming the file; when every candidate is damaged, :class:`DamagedCheckpointError`.
+        """
+        latest = self.latest()
+        if latest is None:
+            return None
+        latest_step = int(_STEP_DIR_RE.match(latest.name).group(1))
+        earlier = [path for step, path in reversed(self._complete_step_dirs()) if step < latest_step]
+        candidates = [latest, *earlier]
+        damaged: list[tuple[Path, list[str]]] = []
+        for index, path in enumerate(candidates):
+            problems = find_damage(path)
+            if not problems:
+                return path
+            damaged.append((path, problems))
+            then = "falling back to the one before it" if index + 1 < len(candidates) else "no earlier one to use"
+            warnings.warn(f"checkpoint {path} is damaged ({'; '.join(problems)}); {then}", stacklevel=2)
+        described = "; ".join(f"{path.name}: {', '.join(problems)}" for path, problems in damaged)
+        raise DamagedCheckpointError(f"no intact checkpoint in {self.checkpoints_dir} ({described}); remove the "
+                                     f"damaged ones (or use a new logging.run_dir) to start fresh", damaged)
+
+    def pin_latest_intact(self) -> Path | None:
+        """:meth:`latest_intact`, pinned until this process ends: a trainer writing this run meanwhile
+        does not prune it. For readers (``grpokit eval``) that load a checkpoint seconds or minutes after
+        choosing it, beside a trainer saving every few steps."""
+        for _attempt in range(10):
+            path = self.latest_intact()
+            if path is None or _pin(path):
+                return path
+        raise RunDirError(f"{self.checkpoints_dir}: every checkpoint chosen was pruned before it could be "
+                          f"read; is a trainer saving with checkpoint.keep_last=1?")
 
     def tagged(self, tag: str) -> Path | None:
         """The complete checkpoint saved with ``tag`` (e.g. ``"best"``), or ``None``."""
@@ -362,6 +495,63 @@ class CheckpointManager:
                     os.rename(path, original)  # crashed between the two renames of _install
                 else:
                     _remove(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pins: a reader holds a shared flock on a checkpoint's COMPLETE marker; pruning needs it exclusively.
+
+_PINNED: dict[str, int] = {}  # checkpoint path -> the open (shared-locked) marker, kept until exit
+
+
+def _pin(path: Path) -> bool:
+    """Pin `path` for this process's life; False when it was pruned before it could be pinned."""
+    if fcntl is None:
+        return path.is_dir()
+    if str(path) in _PINNED:
+        return True
+    try:
+        fd = os.open(path / COMPLETE_MARKER, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a trainer renames it away (milliseconds)
+    except OSError:  # no flock on this file system: nothing to pin with
+        pass
+    if not (path / COMPLETE_MARKER).is_file():  # pruned between our open and our lock
+        os.close(fd)
+        return False
+    _PINNED[str(path)] = fd
+    return True
+
+
+def release_pins() -> None:
+    """Unpin every checkpoint this process pinned (a long-lived reader done with them)."""
+    while _PINNED:
+        os.close(_PINNED.popitem()[1])
+
+
+@contextlib.contextmanager
+def _unpinned(path: Path):
+    """Yields True while `path` is held exclusively (no reader pins it), False when a reader does."""
+    if fcntl is None:
+        yield True
+        return
+    try:
+        fd = os.open(path / COMPLETE_MARKER, os.O_RDONLY)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            pass  # no flock here: readers cannot pin, prune as before
+        yield True
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(

@@ -3,21 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
 import sys
+
+THREADS_HELP = ("torch threads (intra- and inter-op) of this process, set before the model loads; overrides "
+                "training.num_threads. On a shared CPU one thread per process is usually fastest")
+# OS errors that come from the user's paths, disks or permissions: one line, not a traceback.
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC,
+                errno.EROFS, errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpokit", description="Group-relative RL post-training.")
+    parser.add_argument("--debug", action="store_true", default=_env_flag("GRPOKIT_DEBUG"),
+                        help="show the traceback of a configuration, data, reward, model or I/O error "
+                             "(also GRPOKIT_DEBUG=1); without it such errors are one line and exit code 2")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
+    # The same flag after the subcommand; SUPPRESS keeps the subparser from overwriting the global value.
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N", help=THREADS_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a policy from a YAML config")
+    train = commands.add_parser("train", help="train a policy from a YAML config", parents=[threads])
     train.add_argument("config", help="path to the YAML config")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set training.learning_rate=1e-5 (repeatable)")
+    train.add_argument("--continue", dest="continue_after_stop", action="store_true",
+                       help="train on a run that a guard stopped (else a rerun says so and stops); "
+                            "same as --set guards.continue_after_stop=true")
 
-    evaluate = commands.add_parser("eval", help="evaluate a policy on the config's eval set")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a run's latest checkpoint on the config's eval set (read-only)", parents=[threads],
+        description="Evaluate the latest checkpoint of the config's logging.run_dir on data.eval_path. Nothing "
+                    "in the run directory is created or changed. Accuracies are in percent.")
     evaluate.add_argument("config")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--base", action="store_true",
+                          help="evaluate the configured base model (model.name_or_path), not a checkpoint")
+    evaluate.add_argument("--show", type=int, default=0, metavar="K",
+                          help="also print K held-out prompts with their completion and every reward's score")
 
     demo = commands.add_parser("demo", help="the embedded CPU demo: tiny model, arithmetic, GRPO")
     demo.add_argument("task", nargs="?", choices=["arithmetic", "flow"], default="arithmetic",
@@ -74,12 +104,22 @@ def _warn_if_accelerate_started_one_process() -> None:
                   "--num_processes N` starts N (gloo)", file=sys.stderr)
 
 
+# Below this terminal width the preset tables wrap every cell; `grpokit presets` prints a list instead.
+PRESET_TABLE_MIN_COLUMNS = 160
+
+
 def print_presets() -> None:
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
 
     from grpokit.algorithms.presets import PRESETS
     from grpokit.flow.presets import FLOW_PRESETS
+
+    width = shutil.get_terminal_size().columns  # honours $COLUMNS
+    if width < PRESET_TABLE_MIN_COLUMNS:
+        _print_presets_as_list(PRESETS, FLOW_PRESETS, width)
+        return
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(title="grpokit presets (language models)")
     for column in ("preset", "meaning", "G", "advantage", "ratio", "clip (low, high)", "aggregation", "β"):
@@ -98,17 +138,84 @@ def print_presets() -> None:
     console.print(flow)
 
 
+def _print_presets_as_list(presets: dict, flow_presets: dict, width: int) -> None:
+    """Narrow terminals: per preset, one line of choices and its meaning wrapped under it."""
+    import textwrap
+
+    def entry(name: str, choices: str, summary: str) -> None:
+        print(textwrap.fill(f"{name}  {choices}", width=width, subsequent_indent="    "))
+        print(textwrap.fill(summary, width=width, initial_indent="    ", subsequent_indent="    "))
+
+    print(textwrap.fill("grpokit presets (language models): G · advantage · ratio · clip (low, high) · "
+                        "aggregation · β", width=width))
+    for name, p in presets.items():
+        entry(name, f"G={p.num_generations} · {p.advantage} · {p.ratio_level} · clip {p.eps_low:g}, {p.eps_high:g}"
+                    f" · {p.aggregation} · β={p.beta:g}", p.summary)
+    print("\n" + textwrap.fill("flow-matching presets (`trainer: flow`): noise a · RatioNorm · step balancing · "
+                              "clip (low, high)", width=width))
+    for name, p in flow_presets.items():
+        entry(name, f"a={p.noise_level:g} · RatioNorm {'on' if p.ratio_norm else 'off'} · step balancing "
+                    f"{'on' if p.step_balancing else 'off'} · clip {p.loss.eps_low:g}, {p.loss.eps_high:g}",
+              p.summary)
+
+
 def _is_flow_config(path: str) -> bool:
     from grpokit.flow.config import is_flow_config  # a YAML with `trainer: flow`
 
     return is_flow_config(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from grpokit.config_schema import ConfigError
-    from grpokit.data import DataError
+@contextlib.contextmanager
+def _one_line_warnings(enabled: bool):
+    """grpokit's own warnings (a damaged checkpoint skipped, a stale lock taken over, an old log moved
+    aside...) as `grpokit: warning: ...` lines; with --debug, Python's format with the source line."""
+    import warnings
 
+    original = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        if category is UserWarning and f"{os.sep}grpokit{os.sep}" in filename:
+            return f"grpokit: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    if enabled:
+        warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; user mistakes print `grpokit: <kind> error: ...` and return 2 (see grpokit.errors)."""
+    args = _parser().parse_args(argv)
+    from grpokit.errors import GrpokitError
+
+    try:
+        with _one_line_warnings(enabled=not args.debug):
+            return _run(args)
+    except GrpokitError as error:
+        if args.debug:
+            raise
+        print(f"grpokit: {error.kind} error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if args.debug or error.errno not in _USER_ERRNOS:
+            raise
+        where = f": {error.filename}" if error.filename is not None else ""
+        print(f"grpokit: I/O error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        from grpokit.trainers.lm_build import set_torch_threads
+
+        set_torch_threads(args.threads)
+    if args.command in ("train", "eval", "demo"):
+        from grpokit.models.loading import quiet_known_library_noise
+
+        quiet_known_library_noise()
     try:
         if args.command == "presets":
             print_presets()
@@ -137,30 +244,30 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("train", "eval") and _is_flow_config(args.config):
             from grpokit.flow.build import run_flow_command
 
-            run_flow_command(args.command, args.config, args.overrides)
+            run_flow_command(args.command, args.config, args.overrides, base=getattr(args, "base", False),
+                             show=getattr(args, "show", 0))
         elif args.command in ("train", "eval"):
             from grpokit.trainers.lm_build import build_trainer
             from grpokit.trainers.lm_config import load_lm_config
 
-            config = load_lm_config(args.config, args.overrides)
+            threads = [] if args.threads is None else [f"training.num_threads={args.threads}"]
+            go_on = ["guards.continue_after_stop=true"] if getattr(args, "continue_after_stop", False) else []
+            config = load_lm_config(args.config, [*args.overrides, *threads, *go_on])
             _warn_if_accelerate_started_one_process()
-            trainer = build_trainer(config)
             if args.command == "train":
-                trainer.train()
-            else:
-                if trainer.eval_data is None:
-                    raise ConfigError("data.eval_path: required for `grpokit eval`")
-                from grpokit.trainers.lm_state import resume_latest
+                from grpokit.run_dir import lock_before_building
 
-                resume_latest(trainer)
-                for key, value in trainer.evaluate().items():
-                    print(f"{key}: {value:.2f}")
-    except ConfigError as error:
-        print(f"grpokit: config error: {error}", file=sys.stderr)
-        return 2
-    except DataError as error:
-        print(f"grpokit: data error: {error}", file=sys.stderr)
-        return 2
+                with lock_before_building(config.logging.run_dir):  # a second trainer stops before loading
+                    build_trainer(config).train()
+            else:
+                from grpokit.trainers.eval_command import run_lm_eval
+
+                run_lm_eval(config, base=args.base, show=args.show)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("grpokit: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

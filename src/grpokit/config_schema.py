@@ -13,9 +13,13 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+from grpokit.errors import GrpokitError
 
-class ConfigError(ValueError):
+
+class ConfigError(GrpokitError, ValueError):
     """A config value is missing, misspelled, of the wrong type or out of its allowed set."""
+
+    kind = "config"
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
@@ -65,6 +69,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             if _is_optional(tp):
                 return None
             raise ConfigError(f"{path}: must not be null")
+        if len(options) == 1:  # `X | None`: X's own error says what is wrong
+            return _coerce(options[0], value, path)
         errors = []
         for option in options:
             try:

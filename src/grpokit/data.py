@@ -9,13 +9,16 @@ Supported sources, chosen by the path:
 - ``*.jsonl`` / ``*.json``: one JSON object per line (a ``*.json`` file whose first character is
   ``[`` is read as one JSON array of objects). Problems are reported by 1-based *line*.
 - ``*.csv``: a header row, then data rows; every cell is text and an empty cell counts as missing
-  (None). Prompts in CSV are text only. Problems are reported by 0-based data *row*.
+  (None); a row with more or fewer fields than the header is a problem (its line is named). Prompts in
+  CSV are text only. Problems are reported by 0-based data *row*.
 - ``*.parquet``: read with pyarrow. Problems are reported by 0-based *row*.
 - a directory written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict``, choose the
   ``split``). Problems are reported by 0-based *row*.
 
 Everything is checked before training starts; problems are collected (up to ``max_errors``) and
 raised together as one :class:`DataError` whose lines each name the file, the row and the column.
+Once the tokenizer is known, :meth:`PromptDataset.check_prompt_tokens` checks that every rendered
+prompt encodes to at least one token and fits the context (or cuts it from the left).
 """
 
 from __future__ import annotations
@@ -29,12 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpokit.errors import GrpokitError
+
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_ERRORS_DEFAULT = 10
 
 
-class DataError(ValueError):
+class DataError(GrpokitError, ValueError):
     """A data set failed validation; ``problems`` holds every problem found (up to the cap)."""
+
+    kind = "data"
 
     def __init__(self, source: str, problems: list[DataProblem], total: int | None = None):
         self.source = source
@@ -93,10 +100,14 @@ def render_prompt(prompt: str | list[dict[str, str]], tokenizer: Any = None) -> 
 class PromptDataset:
     """Validated prompt rows. Build with :func:`load_prompt_dataset` or :meth:`from_records`."""
 
-    def __init__(self, records: list[dict[str, Any]], *, source: str, prompt_column: str):
+    def __init__(self, records: list[dict[str, Any]], *, source: str, prompt_column: str,
+                 locations: list[str] | None = None):
         self._records = records
         self.source = source
         self.prompt_column = prompt_column
+        # How problems name each row ("line 3" for JSONL, "row 2" otherwise).
+        self.locations = locations if locations is not None else [f"row {i}" for i in range(len(records))]
+        self._truncated: dict[int, str] = {}  # row -> its rendered prompt cut from the left
         columns: dict[str, None] = {}
         for record in records:
             columns.update(dict.fromkeys(record))
@@ -132,7 +143,44 @@ class PromptDataset:
         return [c for c in self.columns if c != self.prompt_column]
 
     def render(self, index: int, tokenizer: Any = None) -> str:
+        if index in self._truncated:
+            return self._truncated[index]
         return render_prompt(self._records[index][self.prompt_column], tokenizer)
+
+    def check_prompt_tokens(self, tokenizer: Any, *, max_tokens: int | None = None, limit_reason: str = "",
+                            truncate: str | None = None, max_errors: int = MAX_ERRORS_DEFAULT,
+                            chunk_size: int = 1024) -> int:
+        """Tokenize every rendered prompt (in batches) as the engines will; return how many were truncated.
+
+        A prompt with no tokens is a problem (sampling needs one to condition on); one over ``max_tokens``
+        is a problem unless ``truncate="left"``, which keeps its last ``max_tokens`` tokens. Raises
+        :class:`DataError` listing the rows.
+        """
+        problems: list[DataProblem] = []
+        total = 0
+        too_long: list[tuple[int, list[int]]] = []
+        for start in range(0, len(self), chunk_size):
+            rows = range(start, min(start + chunk_size, len(self)))
+            texts = [render_prompt(self._records[i][self.prompt_column], tokenizer) for i in rows]
+            for i, ids in zip(rows, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+                message = None
+                if len(ids) == 0:
+                    message = f"prompt encodes to no tokens with {type(tokenizer).__name__}; is it the right tokenizer?"
+                elif max_tokens is not None and len(ids) > max_tokens:
+                    if truncate == "left":
+                        too_long.append((i, list(ids)))
+                        continue
+                    message = (f"prompt is {len(ids)} tokens, over the limit of {max_tokens} ({limit_reason}); "
+                               "shorten it, or set data.truncate_prompts: left")
+                if message is not None:
+                    total += 1
+                    if len(problems) < max_errors:
+                        problems.append(DataProblem(self.source, self.locations[i], self.prompt_column, message))
+        if problems:
+            raise DataError(self.source, problems, total=total)
+        for i, ids in too_long:
+            self._truncated[i] = _left_truncated(tokenizer, ids, max_tokens)  # type: ignore[arg-type]
+        return len(too_long)
 
     def columns_for(self, indices: Sequence[int], repeat: int = 1) -> dict[str, list[Any]]:
         """Extra columns for a prompt-major rollout batch: each row of ``indices`` repeated
@@ -142,6 +190,17 @@ class PromptDataset:
             column: [self._records[i].get(column) for i in indices for _ in range(repeat)]
             for column in self.extra_columns
         }
+
+
+def _left_truncated(tokenizer: Any, ids: list[int], max_tokens: int) -> str:
+    """The text of the last ``max_tokens`` tokens of ``ids``, shortened until it re-encodes within the limit
+    (decoding and re-encoding can merge tokens differently at the cut)."""
+    keep = max_tokens
+    while True:
+        text = tokenizer.decode(ids[len(ids) - keep:], skip_special_tokens=False)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens or keep == 1:
+            return text
+        keep -= 1
 
 
 def load_prompt_dataset(
@@ -188,18 +247,33 @@ def _read_rows(path: Path, source: str, split: str | None) -> list[_Row]:
     if suffix in (".jsonl", ".json"):
         return _read_json(path, source)
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            return [
-                (f"row {i}", {k: (v if v != "" else None) for k, v in row.items()})
-                for i, row in enumerate(reader)
-            ]
+        return _read_csv(path, source)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return [(f"row {i}", record) for i, record in enumerate(pq.read_table(path).to_pylist())]
     message = f"unknown format '{suffix}'; use .jsonl, .json, .csv, .parquet or a datasets directory"
     raise DataError(source, [DataProblem(source, None, None, message)])
+
+
+def _read_csv(path: Path, source: str) -> list[_Row]:
+    """Rows keyed by the header; a row with more or fewer fields than the header is a problem naming its
+    line (a quoted field may span lines, so the line is the reader's, where the row ends)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return []
+        rows: list[_Row] = []
+        for i, fields in enumerate(reader):
+            location = f"row {i}"
+            if len(fields) != len(header):
+                message = (f"has {len(fields)} field(s) but the header has {len(header)} "
+                           f"(line {reader.line_num}); quote fields that contain commas")
+                rows.append((location, DataProblem(source, location, None, message)))
+            else:
+                rows.append((location, {k: (v if v != "" else None) for k, v in zip(header, fields)}))
+        return rows
 
 
 def _read_json(path: Path, source: str) -> list[_Row]:
@@ -304,7 +378,8 @@ def _validated(
     if problems:
         raise DataError(source, problems[:max_errors], total=len(problems))
     records = [record for _, record in rows]
-    return PromptDataset(records, source=source, prompt_column=prompt_column)  # type: ignore[arg-type]
+    return PromptDataset(records, source=source, prompt_column=prompt_column,  # type: ignore[arg-type]
+                         locations=[location for location, _ in rows])
 
 
 # ----------------------------------------------------------------------------- sampling

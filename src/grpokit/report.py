@@ -1,9 +1,12 @@
 """`grpokit report RUN_DIR`: one self-contained HTML page that says whether a run fooled itself.
 
-Read from the run directory's `metrics.jsonl` and `alarms.jsonl` (so it works during a run and
-after a crash): a short text summary, the alarms, and one PNG per panel — proxy vs gold, entropy,
-clip fractions, importance ratio, lengths, zero-std groups, held-out accuracy — embedded as base64
-so the page is one file that can be mailed or attached. Alarms are drawn on every panel's time axis.
+Read from the run directory's `metrics.jsonl`, `alarms.jsonl` and `samples.jsonl` (so it works
+during a run and after a crash): a short text summary, the alarms, one PNG per panel — proxy vs gold,
+entropy, clip fractions, importance ratio, lengths, zero-std groups, held-out accuracy — embedded as
+base64 so the page is one file that can be mailed or attached, each captioned with what THIS run's
+curves did (the panel's reading guide is the image's tooltip), then the completions: the latest
+training samples and the fixed held-out prompts' greedy completions across training. Alarms are drawn
+on every panel's time axis.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 from grpokit.guards.events import read_events
 from grpokit.monitoring.plots import metric_series
+from grpokit.monitoring.samples import read_samples
 from grpokit.monitoring.sinks import METRICS_FILENAME, read_metrics
 
 REPORT_FILENAME = "report.html"
@@ -34,7 +38,7 @@ _ALARM_COLOURS = {
 class Panel:
     title: str
     keys: tuple[str, ...]  # fnmatch patterns over the logged names, drawn in this order
-    look_for: str  # one line under the plot: what a healthy and an unhealthy run look like
+    look_for: str  # how to read the plot: what a healthy and an unhealthy run look like (the tooltip)
 
 
 PANELS: tuple[Panel, ...] = (
@@ -80,7 +84,12 @@ PANELS: tuple[Panel, ...] = (
         ("frac_reward_zero_std",),
         "Groups whose completions all scored the same carry no advantage: a rising fraction stalls learning.",
     ),
-    Panel("Held-out accuracy (%)", ("eval/*",), "The trainer's own evaluation of the optimized reward."),
+    Panel(
+        "Held-out accuracy (%)",
+        ("eval/*",),
+        "eval/*: the optimized (proxy) reward's accuracies; eval/gold_*: the gold rewards' — a gap that "
+        "opens between them is the proxy being gamed.",
+    ),
 )
 
 
@@ -96,20 +105,26 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for panel in PANELS:
         png = draw_panel(records, panel, events)
         if png is not None:
-            figures.append((panel, png))
+            figures.append((panel, png, describe_panel(records, panel)))
+    samples = read_samples(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_FILENAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_html_page(run_dir, summarize(records, events), events, figures), encoding="utf-8")
+    page = _html_page(run_dir, summarize(records, events, samples), events, figures, samples)
+    out.write_text(page, encoding="utf-8")
     return out
 
 
 # ---------------------------------------------------------------------------------------------- summary
-def summarize(records: Sequence[dict], events: Sequence[dict]) -> list[str]:
-    """A few plain sentences: steps, gold vs proxy, entropy, ratios, lengths, zero-std groups, alarms."""
+def summarize(records: Sequence[dict], events: Sequence[dict], samples: Sequence[dict] = ()) -> list[str]:
+    """A few plain sentences: steps, gold vs proxy, entropy, ratios, lengths, zero-std groups, alarms, and
+    how varied the latest completions are (a policy that answers everything alike shows there first)."""
     lines: list[str] = []
     steps = [r["step"] for r in records if "step" in r]
     if steps:
         lines.append(f"{len({s for s in steps if s > 0})} training steps logged (last step {max(steps)}).")
+    reward = describe_change(records, "reward/mean", "Training reward (reward/mean)")
+    if reward:
+        lines.append(reward + ".")
     gold_steps, gold = metric_series(records, "gold/score")
     if gold:
         best = max(range(len(gold)), key=gold.__getitem__)
@@ -147,6 +162,7 @@ def summarize(records: Sequence[dict], events: Sequence[dict]) -> list[str]:
             f"Groups with zero reward std: {100 * sum(zero_std) / len(zero_std):.0f}% on average, "
             f"{100 * zero_std[-1]:.0f}% at the last step."
         )
+    lines += _completion_variety(samples)
     alarms = [e for e in events if "kind" in e]
     if not alarms:
         lines.append("No alarm fired.")
@@ -164,6 +180,23 @@ def summarize(records: Sequence[dict], events: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _completion_variety(samples: Sequence[dict]) -> list[str]:
+    """Distinct completions among the latest training samples and the latest fixed held-out prompts."""
+    lines = []
+    for kind, what in (("train", "training samples"), ("eval", "fixed held-out prompts (greedy)")):
+        rows = [r for r in samples if r.get("kind") == kind]
+        if not rows:
+            continue
+        step = max(r["step"] for r in rows)
+        completions = [str(r.get("completion", "")) for r in rows if r["step"] == step]
+        distinct = len(set(completions))
+        line = f"Latest {what}, step {step}: {distinct} distinct completion(s) among {len(completions)}"
+        if distinct == 1 and len(completions) > 1:
+            line += f", all {completions[0][:60]!r}: the policy gives every prompt the same answer"
+        lines.append(line + ".")
+    return lines
+
+
 def _trajectory(records: Sequence[dict], key: str, what: str, low_is_notable: bool = False) -> str | None:
     steps, values = metric_series(records, key)
     if not values:
@@ -173,6 +206,55 @@ def _trajectory(records: Sequence[dict], key: str, what: str, low_is_notable: bo
         lowest = min(range(len(values)), key=values.__getitem__)
         line += f" (lowest {values[lowest]:.3g} at step {steps[lowest]})"
     return line + "."
+
+
+def describe_change(records: Sequence[dict], key: str, what: str | None = None, unit: str = "") -> str | None:
+    """What one logged series did, in numbers: "reward/mean rose from 0.21 to 0.63 (+200%) between step 1
+    and step 200"; None when `key` was never logged.
+
+    A long (per-step, noisy) series is summarized by the means of its first and last tenth (at most 10
+    values each, said in the sentence); a short one (evaluations) by its end points and, when it fell,
+    its peak. With `unit` "%" the values are percentages and the change is in points.
+    """
+    steps, values = metric_series(records, key)
+    if not values:
+        return None
+    what = what or key
+    if len(values) == 1:
+        return f"{what} was {values[0]:.3g}{unit} at step {steps[0]} (one point)"
+    k = max(1, min(10, len(values) // 10))
+    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+    span = f"between step {steps[0]} and step {steps[-1]}"
+    if k > 1:
+        span += f" (means of the first and last {k} values)"
+    scale = max(abs(first), abs(last))
+    if scale == 0 or abs(last - first) <= 0.01 * scale:
+        verb = f"stayed at {first:.3g}{unit}" if first == last else f"stayed near {first:.3g}{unit} (last {last:.3g})"
+        return f"{what} {verb} {span}"
+    verb = "rose" if last > first else "fell"
+    if unit == "%":
+        change = f" ({last - first:+.1f} points)"
+    else:
+        change = f" ({100 * (last - first) / abs(first):+.0f}%)" if first != 0 else ""
+    peak_note = ""
+    peak = max(range(len(values)), key=values.__getitem__)
+    if verb == "fell" and k == 1 and 0 < peak < len(values) - 1 and values[peak] > first:
+        peak_note = f", after peaking at {values[peak]:.3g}{unit} at step {steps[peak]}"
+    return f"{what} {verb} from {first:.3g}{unit} to {last:.3g}{unit}{change} {span}{peak_note}"
+
+
+def describe_panel(records: Sequence[dict], panel: Panel) -> str:
+    """The caption of one panel: what each of its (first four) drawn series did in this run."""
+    keys = available_keys(records, panel.keys)
+    unit = "%" if panel.title.endswith("(%)") else ""
+    sentences = [s for s in (describe_change(records, key, unit=unit) for key in keys[:4]) if s]
+    more = f" ({len(keys) - 4} more series drawn)" if len(keys) > 4 else ""
+    smoothed = [s for s in sentences if s.endswith(" values)")]
+    note = ""
+    if len(smoothed) > 1:  # the same averaging for every series: said once
+        note = " " + smoothed[0][smoothed[0].rindex("(means of") :].replace("(means", "(Values: means", 1)
+        sentences = [s.removesuffix(" " + s[s.rindex("(means of") :]) if s in smoothed else s for s in sentences]
+    return "; ".join(sentences) + "." + note + more
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -258,7 +340,11 @@ table { border-collapse: collapse; font-size: 0.85rem; } td, th { border: 1px so
 
 
 def _html_page(
-    run_dir: Path, summary: list[str], events: Sequence[dict], figures: list[tuple[Panel, bytes]]
+    run_dir: Path,
+    summary: list[str],
+    events: Sequence[dict],
+    figures: list[tuple[Panel, bytes, str]],
+    samples: Sequence[dict] = (),
 ) -> str:
     def esc(value: Any) -> str:
         if isinstance(value, float) and math.isfinite(value):
@@ -286,11 +372,68 @@ def _html_page(
         ]
         parts.append("</table>")
     parts.append("<h2>Curves</h2>")
-    for panel, png in figures:
+    for panel, png, caption in figures:
         encoded = base64.b64encode(png).decode("ascii")
         parts.append(
-            f'<figure><img alt="{esc(panel.title)}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{esc(panel.look_for)}</figcaption></figure>"
+            f'<figure><img alt="{esc(panel.title)}" title="{esc(panel.look_for)}" '
+            f'src="data:image/png;base64,{encoded}"><figcaption>{esc(caption)}</figcaption></figure>'
         )
+    parts += _samples_sections(samples, esc)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- samples
+_MAX_TEXT = 400  # characters of a prompt or completion shown in a table cell
+
+
+def _completion_text(record: dict) -> str:
+    """The completion; for a multi-turn episode, every message after the prompt as `[role] content`."""
+    episode = record.get("episode")
+    if not episode:
+        return str(record.get("completion", ""))
+    messages = episode.get("messages", [])
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+    lines = [f"[{m.get('role')}] {m.get('content', '')}" for m in messages[first:]]
+    return "\n".join(lines + [f"(episode end: {episode.get('end')}, {episode.get('turns')} turns)"])
+
+
+def _samples_sections(samples: Sequence[dict], esc) -> list[str]:
+    """The latest training samples, and each fixed held-out prompt's greedy completion across training."""
+    def text(value: Any) -> str:
+        value = str(value)
+        shown = value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT] + f"… (+{len(value) - _MAX_TEXT} chars)"
+        return f"<code>{esc(shown)}</code>"
+
+    def scores(rewards: dict) -> str:
+        return ", ".join(f"{esc(name)} {esc('None' if v is None else v)}" for name, v in rewards.items())
+
+    parts: list[str] = []
+    train = [r for r in samples if r.get("kind") == "train"]
+    if train:
+        step = max(r["step"] for r in train)
+        latest = [r for r in train if r["step"] == step]
+        parts.append(f"<h2>Training samples at step {esc(step)} (the latest logged)</h2>")
+        parts.append("<table><tr><th>group</th><th>prompt</th><th>completion</th><th>rewards</th><th>total</th>"
+                     "<th>advantage</th></tr>")
+        parts += [
+            f"<tr><td>{esc(r.get('group'))}</td><td>{text(r.get('prompt', ''))}</td>"
+            f"<td>{text(_completion_text(r))}</td><td>{scores(r.get('rewards', {}))}</td>"
+            f"<td>{esc(r.get('total'))}</td><td>{esc(r.get('advantage'))}</td></tr>"
+            for r in latest
+        ]
+        parts.append("</table>")
+    held_out = [r for r in samples if r.get("kind") == "eval"]
+    if held_out:
+        parts.append("<h2>Held-out prompts across training (greedy completion at each evaluation)</h2>")
+        for index in sorted({r["index"] for r in held_out}):
+            rows = sorted((r for r in held_out if r["index"] == index), key=lambda r: r["step"])
+            parts.append(f"<h3>eval row {esc(index)}: {text(rows[0].get('prompt', ''))}</h3>")
+            parts.append("<table><tr><th>step</th><th>completion</th><th>scores</th></tr>")
+            parts += [
+                f"<tr><td>{esc(r['step'])}</td><td>{text(_completion_text(r))}</td>"
+                f"<td>{scores(r.get('rewards', {}))}</td></tr>"
+                for r in rows
+            ]
+            parts.append("</table>")
+    return parts

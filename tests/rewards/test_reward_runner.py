@@ -153,3 +153,43 @@ def test_misaligned_or_reserved_columns_are_caller_errors():
         score(runner, columns={"answer": ["a"]})
     with pytest.raises(ValueError, match="clash"):
         score(runner, columns={"completions": COMPLETIONS})
+
+
+def nan_on_bad(completions, **_):
+    return [math.nan if c == "bad" else 1.0 for c in completions]
+
+
+def test_a_nan_score_stops_the_run_naming_the_reward_and_the_sample():
+    with pytest.raises(RewardError) as caught:
+        score(RewardRunner([Reward("fragile", nan_on_bad)]))
+    message = str(caught.value)
+    assert "reward 'fragile' failed: returned NaN" in message
+    assert "sample 3" in message and "completion='bad'" in message  # index and an excerpt of the completion
+    assert caught.value.sample_index == 3
+
+
+def test_with_on_error_none_a_nan_score_is_none_counted_and_warned(caplog):
+    runner = RewardRunner([Reward("fragile", nan_on_bad), Reward("yes", says_yes)], on_error="none")
+    with caplog.at_level(logging.WARNING, logger="grpokit.rewards.runner"):
+        result = score(runner)
+    assert torch.isnan(result.per_reward["fragile"]).tolist() == [False, False, False, True]  # only the NaN sample
+    assert result.metrics["rewards/fragile/nan_count"] == 1.0 and result.metrics["rewards/yes/nan_count"] == 0.0
+    assert result.metrics["rewards/fragile/none_count"] == 1.0 and not result.errors
+    assert "reward 'fragile' returned NaN for 1 of 4 samples (first: sample 3)" in caplog.text
+
+
+def test_a_slow_reward_is_named_while_it_runs(monkeypatch, caplog):
+    import grpokit.rewards.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "SLOW_REWARD_NOTICE_SECONDS", 0.1)
+
+    def slow(completions, **_):
+        time.sleep(0.35)
+        return [0.0] * len(completions)
+
+    with caplog.at_level(logging.WARNING, logger="grpokit.rewards.runner"):
+        score(RewardRunner([Reward("slow", slow, timeout_seconds=30), Reward("yes", says_yes)]))
+    notices = [r.getMessage() for r in caplog.records if "waiting for reward" in r.getMessage()]
+    # Notices at 0.1, 0.2 and 0.3 s; a loaded CPU may delay the wake-ups, so at least one and at most three.
+    assert 1 <= len(notices) <= 3
+    assert all(n.startswith("waiting for reward 'slow' (") and "of its 30 s timeout" in n for n in notices)

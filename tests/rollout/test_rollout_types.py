@@ -105,3 +105,20 @@ def test_left_pad_right_aligns_each_prompt_hand_case():
     ids, mask = left_pad([[5, 6], [7]], 0)
     assert ids.tolist() == [[5, 6], [0, 7]]
     assert mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_episode_fields_follow_select_and_concat():
+    episodes = _batch()
+    episodes.policy_mask = episodes.completion_mask.clone()
+    episodes.policy_mask[:, 0] = 0  # the first completion token of every row was inserted by a tool
+    episodes.trajectories = ["t0", "t1", "t2", "t3"]
+    picked = episodes.select([3, 0])
+    assert torch.equal(picked.policy_mask, episodes.policy_mask[[3, 0]]) and picked.trajectories == ["t3", "t0"]
+    single_turn = _batch(completion_lengths=(4, 4, 4, 4))
+    merged = concat([episodes, single_turn])
+    # a one-turn batch's policy tokens are its completion tokens; trajectories only when every batch has them
+    assert torch.equal(merged.policy_mask[4:], single_turn.completion_mask)
+    assert torch.equal(merged.policy_mask[:4, :3], episodes.policy_mask) and merged.trajectories is None
+    assert torch.equal(single_turn.policy_tokens, single_turn.completion_mask)
+    with pytest.raises(ValueError, match="policy_mask and completion_mask differ"):
+        RolloutBatch(**{**vars(single_turn), "policy_mask": torch.ones(4, 1, dtype=torch.long)})

@@ -68,3 +68,47 @@ def test_a_missing_or_broken_file_is_named(tmp_path):
     bad.write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_lm_config(bad)
+
+
+@pytest.mark.parametrize(("section", "values", "message"), [
+    ("training", {"learning_rate": -1e-5}, "training.learning_rate: must be > 0, got -1e-05"),
+    ("training", {"learning_rate": 0}, "training.learning_rate: must be > 0"),
+    ("rollout", {"temperature": -0.1}, "rollout.temperature: must be >= 0"),
+    ("rollout", {"top_p": 1.5}, r"rollout.top_p: must be in \(0, 1\]"),
+    ("training", {"micro_batch_size": 0}, "training.micro_batch_size: must be >= 1"),
+    ("training", {"adam_beta2": 1.0}, r"training.adam_beta2: must be in \[0, 1\)"),
+    ("training", {"num_threads": 0}, "training.num_threads: must be >= 1"),
+    ("eval", {"samples_per_prompt": -1}, "eval.samples_per_prompt: must be >= 0"),
+    ("data", {"path": "d.jsonl", "max_prompt_tokens": 0}, "data.max_prompt_tokens: must be >= 1"),
+    ("checkpoint", {"keep_last": 0}, "checkpoint.keep_last: must be >= 1"),
+])
+def test_numbers_outside_their_range_are_errors_naming_the_field(section, values, message):
+    with pytest.raises(ConfigError, match=message):
+        load_lm_config(_with(**{section: values}))
+
+
+def test_reward_timeouts_must_be_positive():
+    with pytest.raises(ConfigError, match=r"rewards\[0\].timeout_seconds: must be > 0"):
+        load_lm_config(_with(rewards=[{"function": "exact_match", "timeout_seconds": 0}]))
+    with pytest.raises(ConfigError, match="rewards_timeout_seconds: must be > 0"):
+        load_lm_config(_with(rewards_timeout_seconds=-1))
+
+
+def test_one_completion_per_prompt_is_an_error_naming_the_field():
+    with pytest.raises(ConfigError, match=r"rollout.num_generations: must be >= 2 for preset 'grpo', got 1"):
+        load_lm_config(_with(rollout={"num_generations": 1}))
+    with pytest.raises(ConfigError, match="algorithm.overrides.num_generations: must be >= 2 for preset 'dapo'"):
+        load_lm_config(_with(algorithm={"preset": "dapo", "overrides": {"num_generations": 1}}))
+    # Adaptive sampling picks G_i >= sampling.min_group_size (>= 2) itself.
+    load_lm_config(_with(rollout={"num_generations": 1}, sampling={"strategy": "adaptive"}))
+
+
+def test_every_reward_gets_the_default_timeout_unless_it_sets_one_or_needs_the_main_thread():
+    from grpokit.trainers.lm_build import build_rewards
+
+    rewards = [{"function": "exact_match"}, {"function": "xml_count", "timeout_seconds": 5},
+               {"function": "math_verify"}]
+    runner = build_rewards(load_lm_config(_with(rewards=rewards)))
+    assert [r.timeout_seconds for r in runner.rewards] == [60.0, 5.0, None]
+    runner = build_rewards(load_lm_config(_with(rewards=rewards, rewards_timeout_seconds=None)))
+    assert [r.timeout_seconds for r in runner.rewards] == [None, 5.0, None]

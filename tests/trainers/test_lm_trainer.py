@@ -134,3 +134,54 @@ def test_dapo_dynamic_sampling_drops_zero_variance_groups(tmp_path, make_trainer
     even_drawn = sum(int(trainer.train_data[i]["answer"]) % 2 == 0 for i in drawn)
     assert scored.dropped_groups == even_drawn > 0
     assert scored.generation_rounds > 1 and scored.generated_rollouts == 4 * len(drawn)
+
+
+def test_samples_log_holds_completions_scores_advantages_and_fixed_held_out_prompts(tmp_path, make_trainer):
+    from grpokit.monitoring.samples import read_samples
+
+    runner = RewardRunner([load_reward("exact_match"), load_reward(_length_reward, name="length", weight=0.1)])
+    trainer = make_trainer(tmp_path, rewards=runner, eval={"every_steps": 1, "num_prompts": 5},
+                           logging={"samples_every": 2, "samples_per_log": 2, "eval_samples": 3},
+                           training={"max_steps": 4})
+    trainer.train()
+    records = read_samples(tmp_path / "run")
+    train = [r for r in records if r["kind"] == "train"]
+    assert sorted({r["step"] for r in train}) == [2, 4]  # every samples_every steps
+    for step in (2, 4):
+        rows = [r for r in train if r["step"] == step]
+        assert len(rows) == 2 * 4 and sorted({r["group"] for r in rows}) == [0, 1]  # 2 groups of G = 4
+        for r in rows:
+            assert r["total"] == pytest.approx(r["rewards"]["exact_match"] + 0.1 * r["rewards"]["length"])
+            assert r["rewards"]["length"] == len(r["completion"])
+            assert r["prompt"] == trainer.train_data.render(r["prompt_index"], trainer.policy.tokenizer)
+        for group in (0, 1):  # z-scored within the group: advantages sum to 0 and order like the totals
+            members = [r for r in rows if r["group"] == group]
+            assert sum(r["advantage"] for r in members) == pytest.approx(0.0, abs=1e-5)
+            by_total = sorted(members, key=lambda r: r["total"])
+            assert [r["advantage"] for r in by_total] == sorted(r["advantage"] for r in members)
+    held_out = [r for r in records if r["kind"] == "eval"]
+    assert [(r["step"], r["index"]) for r in held_out] == [(s, i) for s in range(5) for i in range(3)]
+    for r in held_out:  # the same prompts every evaluation, with the greedy completion and every score
+        assert r["prompt"] == trainer.eval_data.render(r["index"], trainer.policy.tokenizer) and r["greedy"]
+        assert set(r["rewards"]) == {"exact_match", "length"}
+
+
+def test_samples_log_is_cut_back_to_the_resumed_step(tmp_path, make_trainer, make_policy):
+    from grpokit.monitoring.samples import SamplesLog, read_samples
+
+    sections = dict(logging={"samples_every": 1}, checkpoint={"every_steps": 1})
+    make_trainer(tmp_path, training={"max_steps": 2}, **sections).train()
+    with SamplesLog(tmp_path / "run") as log:  # a crash after logging step 3, before its checkpoint
+        log.write([{"step": 3, "kind": "train", "prompt": "lost", "completion": "lost"}])
+    make_trainer(tmp_path, policy=make_policy(seed=5), training={"max_steps": 3}, **sections).train()
+    records = read_samples(tmp_path / "run")
+    assert "lost" not in {r["prompt"] for r in records}
+    assert sorted({r["step"] for r in records if r["kind"] == "train"}) == [1, 2, 3]
+    assert len([r for r in records if r["kind"] == "train" and r["step"] == 3]) == 2 * 4
+
+
+def test_samples_every_zero_writes_no_training_samples(tmp_path, make_trainer):
+    from grpokit.monitoring.samples import read_samples
+
+    make_trainer(tmp_path, logging={"samples_every": 0, "eval_samples": 0}).train()
+    assert read_samples(tmp_path / "run") == []

@@ -93,14 +93,31 @@ def _prompts(
     return train, eval_data
 
 
-def run_flow_command(command: str, config_path: str, overrides: list[str]) -> None:
-    """`grpokit train|eval` for a flow config: train to max_steps, or evaluate the latest checkpoint."""
+def run_flow_command(command: str, config_path: str, overrides: list[str], *, base: bool = False,
+                     show: int = 0) -> None:
+    """`grpokit train|eval` for a flow config: train to max_steps, or evaluate the latest checkpoint
+    (read-only: nothing in the run directory is written; `base`: the configured model itself)."""
+    from grpokit.trainers.lm_state import NoCheckpointError
+
     from .config import load_flow_config
 
-    trainer = build_flow_trainer(load_flow_config(config_path, overrides))
+    if show:
+        raise ConfigError("--show: prints text completions; a flow model's samples are images "
+                          "(training draws them to run_dir/samples/)")
+    config = load_flow_config(config_path, overrides)
     if command == "train":
-        trainer.train()
+        from grpokit.run_dir import lock_before_building
+
+        with lock_before_building(config.logging.run_dir):  # a second trainer stops before loading a model
+            build_flow_trainer(config).train()
         return
-    trainer.resume_latest()
-    for key, value in trainer.evaluate(trainer.step).items():
+    trainer = build_flow_trainer(config)
+    if base:
+        print(f"weights: base model {config.model.name_or_path or config.model.type}")
+    else:
+        path = trainer.load_weights_for_eval()
+        if path is None:
+            raise NoCheckpointError(trainer.run_dir / "checkpoints")
+        print(f"weights: {path} (step {trainer.step})")
+    for key, value in trainer.evaluate(trainer.step, read_only=True).items():
         print(f"{key}: {value:.4f}")

@@ -109,6 +109,16 @@ class FlowTrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
+        t = self.training
+        for name, value, ok, bound in (
+            ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "> 0"),
+            ("training.max_grad_norm", t.max_grad_norm, t.max_grad_norm > 0, "> 0"),
+            ("training.weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0"),
+            ("training.adam_beta1", t.adam_beta1, 0 <= t.adam_beta1 < 1, "in [0, 1)"),
+            ("training.adam_beta2", t.adam_beta2, 0 <= t.adam_beta2 < 1, "in [0, 1)"),
+        ):
+            if not ok:
+                raise ConfigError(f"{name}: must be {bound}, got {value}")
         if self.algorithm.preset not in FLOW_PRESETS:
             raise ConfigError(
                 f"algorithm.preset: {self.algorithm.preset!r} is not one of {sorted(FLOW_PRESETS)}"

@@ -4,7 +4,7 @@
   trained on half of the data set. It is gameable on purpose: a linear margin grows without limit along
   ``w_c − w_j``, and the images that maximise it are high-contrast templates, not digits.
 - **Gold** (never trained on): an *independent* classifier (an MLP trained with noise augmentation on the
-  other half) must recognise the intended class (``gold/accuracy``), the image must lie as close to a real
+  other half) must recognise the intended class (``gold/accuracy``, percent), the image must lie as close to a real
   digit as real digits lie to each other (``gold/realism``: nearest-neighbour distance below the 95th
   percentile of the data's own leave-one-out distances), and samples of one class should differ as much as
   real ones do (``gold/diversity``). ``gold/score`` — the fraction of samples that are both recognised and
@@ -132,7 +132,7 @@ class DigitScorer:
         correct, realistic = self.gold_correct(images, labels), self.realistic(images)
         return {
             "gold/score": float((correct * realistic).mean()),
-            "gold/accuracy": float(correct.mean()),
+            "gold/accuracy": 100.0 * float(correct.mean()),  # percent, like every grpokit accuracy
             "gold/realism": float(realistic.mean()),
             "gold/diversity": self.diversity(images, labels),
             "gold/nearest_distance": float(self.nearest_data_distance(images).mean()),

@@ -15,6 +15,7 @@ each step's gradient norm) are logged every step as ``flow/step{k}/…``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,8 @@ from torch import Tensor
 from grpokit.algorithms import group_advantages, rloo_advantages
 from grpokit.checkpoint import CheckpointManager, model_dir
 from grpokit.data import PromptDataset, PromptSampler
-from grpokit.guards.events import truncate_events_after
 from grpokit.monitoring import MetricsLogger, TrainingProgress, plot_metrics
+from grpokit.run_dir import rewind_run_logs, training_run_dir
 
 from .config import FlowTrainConfig
 from .guard import step_balancing_weights
@@ -49,6 +50,11 @@ FLOW_PLOT_KEYS = (
     "train/grad_norm",
 )
 EvalMetricsFn = Callable[[Tensor, list[dict[str, Any]]], dict[str, float]]
+
+
+def _announce(message: str) -> None:
+    """A line about the run as a whole (resuming, already finished), on stderr."""
+    print(f"grpokit: {message}", file=sys.stderr, flush=True)
 
 
 class FlowTrainer:
@@ -83,6 +89,7 @@ class FlowTrainer:
         self.sampler = PromptSampler(len(train_data), seed=config.training.seed)
         self.run_dir = Path(config.logging.run_dir)
         self.step = 0
+        self.resumed_from: Path | None = None  # the checkpoint `resume_latest` loaded
         t = config.training
         self.parameters = self.model.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
@@ -249,16 +256,25 @@ class FlowTrainer:
 
     def train(self) -> list[tuple[int, dict[str, float]]]:
         """Run to ``training.max_steps`` (resuming from the run's latest checkpoint when configured);
-        returns the evaluation history ``[(step, metrics)]``."""
+        returns the evaluation history ``[(step, metrics)]``. The run directory is locked meanwhile
+        (a second trainer on it stops at once, naming this one)."""
+        with training_run_dir(self.run_dir):
+            return self._train()
+
+    def _train(self) -> list[tuple[int, dict[str, float]]]:
         c = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         start = self.resume_latest() if c.checkpoint.resume else 0
+        if start and start >= c.training.max_steps:
+            _announce(f"run already finished at step {start} ({self.resumed_from}); nothing to do")
+            return self.eval_history
+        if start:
+            _announce(f"resuming from step {start} of {c.training.max_steps} ({self.resumed_from})")
         logger = MetricsLogger(
             self.run_dir, tensorboard=c.logging.tensorboard, wandb_project=c.logging.wandb_project
         )
-        if start:
-            logger.truncate_after(start)
-            truncate_events_after(self.run_dir, start)  # the replayed steps raise their alarms again
+        # metrics.jsonl, alarms.jsonl, TensorBoard: cut to the resumed step (its alarms are raised
+        # again), or a checkpoint-less earlier run's logs set aside
+        rewind_run_logs(self.run_dir, start if start else None, logger)
         progress = TrainingProgress(
             c.training.max_steps,
             description=self.preset.name,
@@ -298,10 +314,10 @@ class FlowTrainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int, *, read_only: bool = False) -> dict[str, float]:
         """ODE samples (``eval_num_steps``) at fixed held-out noise for every eval prompt: mean reward,
         per-reward means and ``eval_metrics``; saves the sample grid at the first, last and every
-        ``grid_every_steps`` step."""
+        ``grid_every_steps`` step. ``read_only`` (`grpokit eval`): no grid, no callbacks."""
         e, s = self.config.eval, self.config.sampling
         records = [self.eval_data[i] for i in range(len(self.eval_data)) for _ in range(e.samples_per_prompt)]
         generator = torch.Generator().manual_seed(e.seed)
@@ -324,6 +340,8 @@ class FlowTrainer:
         if "eval/gold/score" in metrics:
             metrics["gold/score"] = metrics["eval/gold/score"]
         last = step == self.config.training.max_steps
+        if read_only:
+            return metrics
         if step == 0 or last or (e.grid_every_steps and step % e.grid_every_steps == 0):
             save_image_grid(
                 images, self.run_dir / "samples" / f"step_{step:06d}.png", columns=e.samples_per_prompt
@@ -344,12 +362,25 @@ class FlowTrainer:
             extra_state={"sampler": self.sampler.state_dict()},
         )
 
+    def load_weights_for_eval(self) -> Path | None:
+        """The latest intact checkpoint's model weights, loaded READ-ONLY (nothing in the run directory is
+        created or repaired); its path, or None when the run has none."""
+        manager = CheckpointManager(self.run_dir, keep_last=None, read_only=True)
+        path = manager.pin_latest_intact()  # pinned: a trainer running beside us does not prune it meanwhile
+        if path is None:
+            return None
+        self.model.load(model_dir(path))
+        self.step = manager.load(path, restore_rng=False)["step"]
+        return path
+
     def resume_latest(self) -> int:
-        """Load the run's latest checkpoint (model, optimizer, sampler, RNG); its step, or 0 when there is none."""
+        """Load the run's latest intact checkpoint (model, optimizer, sampler, RNG); its step, or 0 when
+        there is none. A damaged latest checkpoint is skipped, with a warning, for the one before it."""
         manager = CheckpointManager(self.run_dir, keep_last=self.config.checkpoint.keep_last)
-        path = manager.latest()
+        path = manager.latest_intact()
         if path is None:
             return 0
+        self.resumed_from = path
         self.model.load(model_dir(path))
         state = manager.load(path, optimizer=self.optimizer)
         self.sampler.load_state_dict(state["extra_state"]["sampler"])

@@ -5,6 +5,7 @@
 - `callbacks`: trainer callbacks that feed the alarms and warn, stop, or restore the best-gold
   checkpoint; `with_guards(config, callbacks)` builds them from a config.
 - `events`: the run's `alarms.jsonl`.
+- `state`: what a checkpoint remembers of the guards (windows, best gold) and how the run ended.
 
 Importing this package imports no model library and nothing of the trainers.
 """

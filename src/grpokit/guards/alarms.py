@@ -62,6 +62,12 @@ class _Latch:
         self.run = 0
         self.fired = False
 
+    def state_dict(self) -> dict:
+        return {"run": self.run, "fired": self.fired}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run, self.fired = int(state["run"]), bool(state["fired"])
+
     def rising_edge(self, condition: bool) -> bool:
         self.run = self.run + 1 if condition else 0
         if not condition:
@@ -100,6 +106,15 @@ class EntropyCollapseAlarm:
         self.max_drop_per_step = max_drop_per_step
         self.points: deque[tuple[int, float]] = deque(maxlen=window)
         self._latch = _Latch(patience)
+
+    def state_dict(self) -> dict:
+        """The window and the latch, as JSON (a resumed run's alarm continues where it was)."""
+        return {"points": [list(p) for p in self.points], "latch": self._latch.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points.clear()
+        self.points.extend((int(step), float(value)) for step, value in state["points"])
+        self._latch.load_state_dict(state["latch"])
 
     def update(self, step: int, entropy: float) -> Alarm | None:
         if not math.isfinite(entropy):
@@ -149,6 +164,22 @@ class OverOptimizationAlarm:
         self.best_gold = -math.inf
         self.best_step: int | None = None
         self._latch = _Latch(patience)
+
+    def state_dict(self) -> dict:
+        """The window, the best gold and the latch, as JSON (−inf, "nothing seen yet", as null)."""
+        return {
+            "points": [list(p) for p in self.points],
+            "best_gold": self.best_gold if math.isfinite(self.best_gold) else None,
+            "best_step": self.best_step,
+            "latch": self._latch.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points.clear()
+        self.points.extend((int(step), float(proxy), float(gold)) for step, proxy, gold in state["points"])
+        self.best_gold = -math.inf if state["best_gold"] is None else float(state["best_gold"])
+        self.best_step = state["best_step"]
+        self._latch.load_state_dict(state["latch"])
 
     def trends(self) -> tuple[float, float]:
         """(proxy change, gold change) fitted across the current window."""
@@ -216,6 +247,12 @@ class RatioDriftAlarm:
         self.max_std = max_std
         self.max_clip_frac = max_clip_frac
         self._latch = _Latch(patience)
+
+    def state_dict(self) -> dict:
+        return {"latch": self._latch.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._latch.load_state_dict(state["latch"])
 
     def update(
         self,

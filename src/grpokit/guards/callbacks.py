@@ -40,8 +40,13 @@ def act(trainer, alarm: Alarm, action: str, metrics: dict | None = None) -> int 
     if metrics is not None:
         metrics[f"alarm/{alarm.kind}"] = 1.0
     restored_step = None
+    reason = {"kind": alarm.kind, "step": alarm.step, "action": action}
     if action in ("stop", "restore_best"):
         trainer.should_stop = True
+        # What the final checkpoint records as the run's end (see grpokit.guards.state): the first
+        # stopping alarm, unless a later one of the same step restored other weights.
+        if getattr(trainer, "stop_reason", None) is None or action == "restore_best":
+            trainer.stop_reason = reason
     if action == "restore_best":
         from grpokit.trainers.lm_state import restore_weights
 
@@ -52,7 +57,7 @@ def act(trainer, alarm: Alarm, action: str, metrics: dict | None = None) -> int 
             )
         else:
             log.warning("restored the policy weights of the best-gold checkpoint (step %d)", restored_step)
-        event["restored_step"] = restored_step
+        event["restored_step"] = reason["restored_step"] = restored_step
     record_event(trainer.run_dir, event)
     return restored_step
 
@@ -70,6 +75,12 @@ class EntropyGuard:
         alarm = self.alarm.update(step, float(value))
         if alarm is not None:
             act(trainer, alarm, self.action, metrics)
+
+    def state_dict(self) -> dict:
+        return {"alarm": self.alarm.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alarm.load_state_dict(state["alarm"])
 
 
 class RatioGuard:
@@ -91,6 +102,12 @@ class RatioGuard:
         if alarm is not None:
             act(trainer, alarm, self.action, metrics)
 
+    def state_dict(self) -> dict:
+        return {"alarm": self.alarm.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alarm.load_state_dict(state["alarm"])
+
 
 class GoldGuard:
     """At every trainer evaluation: score proxy and gold rewards on the same held-out completions,
@@ -99,6 +116,12 @@ class GoldGuard:
     Logs ``gold/*`` and ``proxy/*`` (see :func:`grpokit.guards.gold.score_gold_and_proxy`),
     ``gold/best``, ``gold/best_step``, and with an alarm ``proxy/trend`` and ``gold/trend`` (fitted
     change over its window). After a restore it scores the restored policy as ``gold/restored_score``.
+
+    ``gold/score`` is a mean reward in the gold rewards' own units (0–1 for a 0/1 verifier), like
+    every alarm threshold on it; accuracies are the evaluation's ``eval/gold_*``, in percent.
+    `checkpoints/best` moves only to a strictly higher gold score than any seen before, and the
+    best score and step are part of the checkpointed state (`state_dict`), so a resumed run never
+    replaces `best` with a worse policy.
     """
 
     def __init__(
@@ -172,6 +195,26 @@ class GoldGuard:
             self.restored_step = restored
             metrics["gold/restored_score"] = self.score(trainer)["gold/score"]
 
+    def state_dict(self) -> dict:
+        return {
+            "best_gold": self.best_gold if math.isfinite(self.best_gold) else None,  # −inf: none yet
+            "best_step": self.best_step,
+            "alarm_step": self.alarm_step,
+            "restored_step": self.restored_step,
+            "alarm": self.alarm.state_dict() if self.alarm is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_gold = -math.inf if state["best_gold"] is None else float(state["best_gold"])
+        self.best_step = state["best_step"]
+        self.alarm_step, self.restored_step = state["alarm_step"], state["restored_step"]
+        if self.alarm is not None and state.get("alarm") is not None:
+            self.alarm.load_state_dict(state["alarm"])
+
+    def on_continue(self, trainer) -> None:
+        """The user trains on after this guard stopped the run: watch and act again (best kept)."""
+        self.alarm_step = self.restored_step = None
+
 
 class ReportWriter:
     """Writes `run_dir/report.html` (see `grpokit.report`) when training ends."""
@@ -187,22 +230,28 @@ class ReportWriter:
         log.info("run report: %s", path)
 
 
-def build_guards(config) -> list:
-    """The guard callbacks an `LMTrainConfig` asks for (`gold:` and `guards:` sections)."""
+def build_gold_runner(config):
+    """The `gold.rewards` of an `LMTrainConfig` as one RewardRunner; None when there are none."""
+    if not config.gold.rewards:
+        return None
+    from grpokit.rewards import RewardRunner, load_reward
+
+    return RewardRunner(
+        [
+            load_reward(r.function, name=r.name, weight=r.weight, timeout_seconds=r.timeout_seconds, **r.kwargs)
+            for r in config.gold.rewards
+        ],
+        on_error=config.on_reward_error,
+    )
+
+
+def build_guards(config, gold_runner=None) -> list:
+    """The guard callbacks an `LMTrainConfig` asks for (`gold:` and `guards:` sections); `gold_runner`
+    is built from `gold.rewards` unless given."""
     guards = config.guards
     built: list = []
     if config.gold.rewards:
-        from grpokit.rewards import RewardRunner, load_reward
-
-        gold_runner = RewardRunner(
-            [
-                load_reward(
-                    r.function, name=r.name, weight=r.weight, timeout_seconds=r.timeout_seconds, **r.kwargs
-                )
-                for r in config.gold.rewards
-            ],
-            on_error=config.on_reward_error,
-        )
+        gold_runner = gold_runner if gold_runner is not None else build_gold_runner(config)
         o = guards.over_optimization
         alarm = (
             None
@@ -245,10 +294,10 @@ def build_guards(config) -> list:
     return built
 
 
-def with_guards(config, callbacks: list | None = None) -> list:
+def with_guards(config, callbacks: list | None = None, gold_runner=None) -> list:
     """The config's guards first (so user callbacks see their metrics), then `callbacks`, then the
     report writer when `logging.plot` is on (last, so it sees every alarm)."""
-    ordered = [*build_guards(config), *(callbacks or [])]
+    ordered = [*build_guards(config, gold_runner), *(callbacks or [])]
     if config.logging.plot:
         ordered.append(ReportWriter())
     return ordered

@@ -77,3 +77,6 @@ class GuardsConfig:
     entropy: EntropyGuardConfig = field(default_factory=EntropyGuardConfig)
     over_optimization: OverOptimizationGuardConfig = field(default_factory=OverOptimizationGuardConfig)
     ratio: RatioGuardConfig = field(default_factory=RatioGuardConfig)
+    # A rerun of a run that a guard stopped (action stop or restore_best) says so and does not train;
+    # true (or `grpokit train --continue`) trains on from its last checkpoint, the guards re-armed.
+    continue_after_stop: bool = False

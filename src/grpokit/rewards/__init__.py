@@ -11,7 +11,7 @@ Importing this package does not import transformers or math-verify; the reward m
 math-verify reward import them when built.
 """
 
-from grpokit.rewards.api import RESERVED_ARGUMENTS, Reward, RewardError, RewardFn, RewardSpec
+from grpokit.rewards.api import RESERVED_ARGUMENTS, Reward, RewardError, RewardFn, RewardLoadError, RewardSpec
 from grpokit.rewards.loader import BUILTIN_REWARDS, load_reward, load_rewards
 from grpokit.rewards.runner import RewardResult, RewardRunner
 
@@ -21,6 +21,7 @@ __all__ = [
     "Reward",
     "RewardError",
     "RewardFn",
+    "RewardLoadError",
     "RewardResult",
     "RewardRunner",
     "RewardSpec",

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpokit.errors import GrpokitError
+
 RewardFn = Callable[..., "list[float | None]"]
 
 # Keyword names the runner fills in itself; a data-set column must not reuse them.
@@ -30,12 +32,21 @@ def _snippet(text: str, limit: int = 160) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-class RewardError(RuntimeError):
+class RewardLoadError(GrpokitError, ValueError):
+    """A reward cannot be loaded: unknown built-in, module, file or function, bad options, or a
+    reward file that fails when imported."""
+
+    kind = "reward"
+
+
+class RewardError(GrpokitError, RuntimeError):
     """A reward function raised, timed out, or returned something unusable.
 
     ``sample_index`` is the first sample found to trigger the failure (None when unknown, e.g. a
     timeout); ``prompt`` and ``completion`` are that sample's text.
     """
+
+    kind = "reward"
 
     def __init__(
         self,

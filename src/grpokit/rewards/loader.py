@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grpokit.rewards import builtins, math_answers, reward_model
-from grpokit.rewards.api import Reward, RewardFn, RewardSpec
+from grpokit.rewards import builtins, code, math_answers, reward_model
+from grpokit.rewards.api import Reward, RewardFn, RewardLoadError, RewardSpec
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,18 @@ class BuiltinReward:
 
     factory: Callable[..., RewardFn]
     main_thread: bool = False
+
+
+def _reasoning_gym_reward() -> RewardFn:
+    from grpokit.tasks.reasoning_gym import reasoning_gym_reward
+
+    return reasoning_gym_reward()
+
+
+def _environment_reward() -> RewardFn:
+    from grpokit.agents.environment import environment_reward
+
+    return environment_reward()
 
 
 BUILTIN_REWARDS: dict[str, BuiltinReward] = {
@@ -38,6 +50,9 @@ BUILTIN_REWARDS: dict[str, BuiltinReward] = {
     "length": BuiltinReward(builtins.length),
     "soft_overlong": BuiltinReward(builtins.soft_overlong),
     "reward_model": BuiltinReward(reward_model.reward_model),
+    "code_tests": BuiltinReward(code.code_tests),
+    "reasoning_gym": BuiltinReward(_reasoning_gym_reward),  # the task's own score_answer (grpokit.tasks)
+    "environment": BuiltinReward(_environment_reward),  # an agent environment's reward (grpokit.agents)
 }
 
 
@@ -54,7 +69,8 @@ def load_reward(
     ``spec`` is a :class:`RewardSpec`, a source string (built-in name, ``"pkg.module:function"``,
     ``"path/to/file.py:function"``) or a callable. Keyword arguments override the spec's fields;
     other keywords are added to its ``kwargs`` (built-in options, or fixed keyword arguments bound
-    to a user function). Unknown built-in names and bad options raise ``ValueError``.
+    to a user function). Unknown built-ins, modules, files or functions, bad options and a reward
+    file that fails at import raise :class:`RewardLoadError` (a ``ValueError``).
     """
     if isinstance(spec, RewardSpec):
         options = {**spec.kwargs, **kwargs}
@@ -73,13 +89,16 @@ def load_reward(
     if source in BUILTIN_REWARDS:
         builtin = BUILTIN_REWARDS[source]
         _check_options(source, options)
-        fn = builtin.factory(**options)
+        try:
+            fn = builtin.factory(**options)
+        except (ValueError, TypeError, ImportError) as error:  # e.g. a bad regex, a missing extra
+            raise RewardLoadError(f"reward '{source}': {type(error).__name__}: {error}") from error
         return Reward(name or source, fn, weight, timeout_seconds, main_thread=builtin.main_thread)
     if ":" in source:
         function = _import_function(source)
         fn = functools.partial(function, **options) if options else function
         return Reward(name or function.__name__, fn, weight, timeout_seconds)
-    raise ValueError(
+    raise RewardLoadError(
         f"unknown reward {source!r}: use a built-in ({', '.join(sorted(BUILTIN_REWARDS))}), "
         "'package.module:function' or 'path/to/file.py:function'"
     )
@@ -91,7 +110,7 @@ def load_rewards(specs: Sequence[RewardSpec | str | Callable[..., Any]]) -> list
     names = [reward.name for reward in rewards]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"reward names must be unique, repeated: {duplicates}; set name= to tell them apart")
+        raise RewardLoadError(f"reward names must be unique, repeated: {duplicates}; set name= to tell them apart")
     return rewards
 
 
@@ -100,10 +119,10 @@ def _check_options(builtin_name: str, options: dict[str, Any]) -> None:
     allowed = list(parameters)
     unknown = sorted(set(options) - set(parameters))
     if unknown:
-        raise ValueError(f"reward '{builtin_name}' has no option(s) {unknown}; options: {allowed}")
+        raise RewardLoadError(f"reward '{builtin_name}' has no option(s) {unknown}; options: {allowed}")
     missing = [n for n, p in parameters.items() if p.default is inspect.Parameter.empty and n not in options]
     if missing:
-        raise ValueError(f"reward '{builtin_name}' needs option(s) {missing}; options: {allowed}")
+        raise RewardLoadError(f"reward '{builtin_name}' needs option(s) {missing}; options: {allowed}")
 
 
 def _import_function(source: str) -> Callable[..., Any]:
@@ -113,21 +132,39 @@ def _import_function(source: str) -> Callable[..., Any]:
     if location.endswith(".py"):
         path = Path(location).expanduser().resolve()
         if not path.is_file():
-            raise ValueError(f"reward file not found: {path}")
+            raise RewardLoadError(f"reward file not found: {path}")
         module_name = f"grpokit_user_reward_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module  # lets dataclasses / pickling inside the file resolve
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException as error:
+            sys.modules.pop(module_name, None)
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise RewardLoadError(
+                f"reward file {path} failed at import ({_failing_line(error, str(path))}): "
+                f"{type(error).__name__}: {error}") from error
     else:
         try:
             module = importlib.import_module(location)
         except ImportError as error:
-            raise ValueError(f"cannot import module '{location}' for reward {source!r}: {error}") from error
+            raise RewardLoadError(f"cannot import module '{location}' for reward {source!r}: {error}") from error
     function = getattr(module, attribute, None)
     if function is None:
-        raise ValueError(f"'{location}' has no attribute '{attribute}' (reward {source!r})")
+        raise RewardLoadError(f"'{location}' has no attribute '{attribute}' (reward {source!r})")
     if not callable(function):
-        raise ValueError(f"reward {source!r} is not callable")
+        raise RewardLoadError(f"reward {source!r} is not callable")
     return function
+
+
+def _failing_line(error: BaseException, path: str) -> str:
+    """``line N`` of ``path`` where ``error`` was raised (the innermost frame in that file)."""
+    import traceback
+
+    if isinstance(error, SyntaxError) and error.lineno is not None:
+        return f"line {error.lineno}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
+    return f"line {frames[-1].lineno}" if frames else "while importing"

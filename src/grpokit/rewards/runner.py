@@ -8,6 +8,12 @@ list fails *for this batch*:
 - ``on_error="none"``: its scores become None for the whole batch; the error is logged, counted
   in ``metrics`` and returned in ``RewardResult.errors``.
 
+A NaN score is an error of the same kind, naming the reward and the first NaN sample, except under
+``on_error="none"``, where only the NaN samples become None, with a warning and their count in
+``metrics["rewards/<name>/nan_count"]``. (None is how a reward says "cannot judge this one"; NaN is
+usually a bug, e.g. 0/0.) A reward still running after ``SLOW_REWARD_NOTICE_SECONDS`` is named in a
+warning ("waiting for reward 'x' (10 s)"), and again at every multiple of it.
+
 Python cannot stop a thread, so a timed-out call is abandoned, not killed: it keeps running in
 its daemon thread and its late result is ignored.
 """
@@ -34,6 +40,8 @@ logger = logging.getLogger(__name__)
 # After a reward raises, the runner re-calls it one sample at a time to name the first sample
 # that fails; this bounds how long that search may take.
 FAILING_SAMPLE_SEARCH_SECONDS = 2.0
+# A reward call running longer than this is named in a warning, and again at every multiple of it.
+SLOW_REWARD_NOTICE_SECONDS = 10.0
 
 
 @dataclass
@@ -98,12 +106,18 @@ class RewardRunner:
         outcomes = self._run_all(arguments)
         matrix = torch.full((batch_size, len(self.rewards)), math.nan, dtype=torch.float32)
         errors: list[RewardError] = []
+        nan_counts = [0] * len(self.rewards)
         for k, (reward, outcome) in enumerate(zip(self.rewards, outcomes)):
             error = outcome.error
             if error is None:
                 try:
-                    scores = _checked_scores(reward.name, outcome.value, arguments)
+                    scores, nans = _checked_scores(reward.name, outcome.value, arguments,
+                                                   nan_is_none=self.on_error == "none")
                     matrix[:, k] = torch.tensor([math.nan if s is None else s for s in scores])
+                    nan_counts[k] = len(nans)
+                    if nans:
+                        logger.warning("reward '%s' returned NaN for %d of %d samples (first: sample %d); scored "
+                                       "None (on_reward_error: none)", reward.name, len(nans), batch_size, nans[0])
                 except RewardError as bad_return:
                     error = bad_return
             if error is not None:
@@ -113,6 +127,7 @@ class RewardRunner:
                 errors.append(error)
         total = (matrix * self._weight_tensor).sum(dim=1)
         metrics = _metrics(self.names, matrix, total, outcomes, errors)
+        metrics.update({f"rewards/{name}/nan_count": float(n) for name, n in zip(self.names, nan_counts)})
         return RewardResult(list(self.names), self._weight_tensor.clone(), matrix, total, metrics, errors)
 
     def _run_all(self, arguments: dict[str, list[Any]]) -> list[_Outcome]:
@@ -124,12 +139,16 @@ class RewardRunner:
         waiting = deque(k for k in range(count) if k not in inline)
         finished: queue.Queue[tuple[int, _Outcome]] = queue.Queue()
         deadlines: dict[int, float] = {}  # running reward -> monotonic deadline
+        started: dict[int, float] = {}  # running reward -> monotonic start
+        next_notice: dict[int, float] = {}  # running reward -> when to name it as slow next
 
         def launch_ready() -> None:
             while waiting and len(deadlines) < self.max_workers:
                 k = waiting.popleft()
                 reward = self.rewards[k]
-                deadlines[k] = time.monotonic() + (reward.timeout_seconds or math.inf)
+                started[k] = time.monotonic()
+                next_notice[k] = started[k] + SLOW_REWARD_NOTICE_SECONDS
+                deadlines[k] = started[k] + (reward.timeout_seconds or math.inf)
                 thread = threading.Thread(
                     target=lambda k=k, reward=reward: finished.put((k, _invoke(reward, arguments))),
                     name=f"grpokit-reward-{reward.name}",
@@ -142,7 +161,8 @@ class RewardRunner:
             outcomes[k] = _invoke(self.rewards[k], arguments)
         while deadlines or waiting:
             launch_ready()
-            wait = min(deadlines.values()) - time.monotonic()
+            wake = min(min(deadlines.values()), min(next_notice[k] for k in deadlines))
+            wait = wake - time.monotonic()
             try:
                 k, outcome = finished.get(timeout=None if wait == math.inf else max(0.0, wait))
             except queue.Empty:
@@ -150,6 +170,11 @@ class RewardRunner:
                 for k in [k for k, deadline in deadlines.items() if deadline <= now]:
                     del deadlines[k]
                     outcomes[k] = _timed_out(self.rewards[k])
+                for k in [k for k in deadlines if next_notice[k] <= now]:
+                    next_notice[k] += SLOW_REWARD_NOTICE_SECONDS
+                    timeout = self.rewards[k].timeout_seconds
+                    bound = f" of its {timeout:g} s timeout" if timeout is not None else ", no timeout"
+                    logger.warning("waiting for reward '%s' (%.0f s%s)", self.rewards[k].name, now - started[k], bound)
                 continue
             if k in deadlines:  # otherwise a late result of a call already given up on
                 del deadlines[k]
@@ -226,13 +251,16 @@ def _first_failing_sample(
 
 
 def _timed_out(reward: Reward) -> _Outcome:
-    message = f"timed out after {reward.timeout_seconds} s (the call was abandoned in its thread)"
+    message = (f"timed out after {reward.timeout_seconds:g} s (the call was abandoned in its thread); raise its "
+               "timeout_seconds, or rewards_timeout_seconds (null: no bound)")
     return _Outcome(error=RewardError(reward.name, message), seconds=float(reward.timeout_seconds or 0.0))
 
 
-def _checked_scores(name: str, value: Any, arguments: dict[str, list[Any]]) -> list[float | None]:
-    """The returned scores as floats (None for None or NaN); RewardError for a wrong type or
-    length, a non-number or an infinite value."""
+def _checked_scores(
+    name: str, value: Any, arguments: dict[str, list[Any]], *, nan_is_none: bool = False
+) -> tuple[list[float | None], list[int]]:
+    """The returned scores as floats (None for None) and the indices of NaN scores; RewardError for a
+    wrong type or length, a non-number, an infinite value, or a NaN unless ``nan_is_none`` (then None)."""
     batch_size = len(arguments["completions"])
     if isinstance(value, torch.Tensor) or hasattr(value, "tolist"):
         value = value.tolist()
@@ -241,8 +269,17 @@ def _checked_scores(name: str, value: Any, arguments: dict[str, list[Any]]) -> l
     if len(value) != batch_size:
         raise RewardError(name, f"returned {len(value)} scores for {batch_size} completions")
     scores: list[float | None] = []
+    nans: list[int] = []
     for i, score in enumerate(value):
-        if score is None or (isinstance(score, numbers.Real) and math.isnan(score)):
+        if isinstance(score, numbers.Real) and math.isnan(score):
+            if not nan_is_none:
+                raise RewardError(
+                    name, "returned NaN; return None for a sample it cannot judge (or set on_reward_error: none "
+                    "to score NaN as None)", sample_index=i, prompt=arguments["prompts"][i],
+                    completion=arguments["completions"][i])
+            nans.append(i)
+            scores.append(None)
+        elif score is None:
             scores.append(None)
         elif isinstance(score, numbers.Real) and math.isfinite(score):
             scores.append(float(score))
@@ -255,7 +292,7 @@ def _checked_scores(name: str, value: Any, arguments: dict[str, list[Any]]) -> l
                 prompt=arguments["prompts"][i],
                 completion=arguments["completions"][i],
             )
-    return scores
+    return scores, nans
 
 
 def _metrics(

@@ -100,11 +100,6 @@ class InProcessEngine:
             ids.update(int(t) for t in ([config_eos] if isinstance(config_eos, int) else config_eos))
         return sorted(ids)
 
-    def _encode_left_padded(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        encoded = encode_prompts(self.tokenizer, prompts, add_special_tokens=self.add_special_tokens)
-        prompt_ids, prompt_mask = left_pad(encoded, self.pad_token_id)
-        return prompt_ids.to(self.device), prompt_mask.to(self.device)
-
     def generate(
         self,
         prompts: Sequence[str],
@@ -124,16 +119,38 @@ class InProcessEngine:
             raise ValueError("no prompts")
         if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(prompt_seeds)} prompt seeds")
+        token_ids = encode_prompts(self.tokenizer, prompts, add_special_tokens=self.add_special_tokens)
+        return self.generate_ids(token_ids, n, sampling, prompt_seeds=prompt_seeds, prompts=list(prompts))
+
+    def generate_ids(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        n: int,
+        sampling: SamplingParams,
+        *,
+        prompt_seeds: Sequence[int] | None = None,
+        prompts: Sequence[str] | None = None,
+    ) -> RolloutBatch:
+        """`generate` from token ids, which are used as given (multi-turn episodes: never re-tokenized).
+
+        `prompts` is the text kept in the batch (default: the ids decoded with their special tokens).
+        """
+        if not prompt_token_ids or any(len(ids) == 0 for ids in prompt_token_ids):
+            raise ValueError("no prompts, or an empty one: sampling needs a token to condition on")
+        if prompts is None:
+            prompts = self.tokenizer.batch_decode([list(ids) for ids in prompt_token_ids], skip_special_tokens=False)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                return self._generate(list(prompts), n, sampling, prompt_seeds)
+                return self._generate(list(prompts), [list(ids) for ids in prompt_token_ids], n, sampling,
+                                      prompt_seeds)
         finally:
             self.model.train(was_training)
 
     def _generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams, prompt_seeds: Sequence[int] | None = None
+        self, prompts: list[str], token_ids: list[list[int]], n: int, sampling: SamplingParams,
+        prompt_seeds: Sequence[int] | None = None,
     ) -> RolloutBatch:
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -142,7 +159,8 @@ class InProcessEngine:
             row_uniforms = per_prompt_uniforms(prompt_seeds, n, sampling.max_new_tokens).to(self.device)
         stop_ids = torch.tensor(self.stop_token_ids(sampling), dtype=torch.long, device=self.device)
 
-        unique_ids, unique_mask = self._encode_left_padded(prompts)
+        unique_ids, unique_mask = left_pad(token_ids, self.pad_token_id)
+        unique_ids, unique_mask = unique_ids.to(self.device), unique_mask.to(self.device)
         prompt_ids = unique_ids.repeat_interleave(n, dim=0)
         prompt_mask = unique_mask.repeat_interleave(n, dim=0)
         rows, prompt_width = prompt_ids.shape

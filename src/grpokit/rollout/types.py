@@ -48,6 +48,12 @@ class RolloutBatch:
     group_ids: Tensor  # [B] long, index of the prompt each row belongs to
     prompts: list[str]  # the prompt text per row (after chat template), len B
     completions: list[str]  # decoded completion text per row (special tokens skipped), len B
+    # Multi-turn episodes (`grpokit.agents`): the completion span holds the policy's turns AND the tokens
+    # inserted between them (tool results, environment messages), all attended to (completion_mask 1).
+    # policy_mask [B, T] long is 1 only on the tokens the policy sampled (the loss touches only these; the
+    # inserted ones have behaviour log-prob 0). None = every completion token is the policy's (one turn).
+    policy_mask: Tensor | None = None
+    trajectories: list | None = None  # one `grpokit.agents.Trajectory` per row (messages with roles, counts)
 
     def __post_init__(self) -> None:
         rows = self.prompt_ids.shape[0]
@@ -70,6 +76,10 @@ class RolloutBatch:
             raise ValueError(
                 "RolloutBatch: completion_ids, completion_mask, behaviour_logprobs differ in shape"
             )
+        if self.policy_mask is not None and self.policy_mask.shape != self.completion_mask.shape:
+            raise ValueError("RolloutBatch: policy_mask and completion_mask differ in shape")
+        if self.trajectories is not None and len(self.trajectories) != rows:
+            raise ValueError(f"RolloutBatch: prompt_ids has {rows} rows but {len(self.trajectories)} trajectories")
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -78,6 +88,11 @@ class RolloutBatch:
     def num_groups(self) -> int:
         """Number of distinct prompts (groups) among the rows."""
         return int(torch.unique(self.group_ids).numel())
+
+    @property
+    def policy_tokens(self) -> Tensor:
+        """[B, T] long: 1 on the tokens the policy sampled (all completion tokens of a one-turn rollout)."""
+        return self.completion_mask if self.policy_mask is None else self.policy_mask
 
     @property
     def completion_lengths(self) -> Tensor:
@@ -112,6 +127,8 @@ class RolloutBatch:
             group_ids=self.group_ids.to(device),
             prompts=self.prompts,
             completions=self.completions,
+            policy_mask=None if self.policy_mask is None else self.policy_mask.to(device),
+            trajectories=self.trajectories,
         )
 
     def select(self, rows: Sequence[int] | Tensor) -> RolloutBatch:
@@ -131,6 +148,8 @@ class RolloutBatch:
             group_ids=self.group_ids[index],
             prompts=[self.prompts[i] for i in picked],
             completions=[self.completions[i] for i in picked],
+            policy_mask=None if self.policy_mask is None else self.policy_mask[index],
+            trajectories=None if self.trajectories is None else [self.trajectories[i] for i in picked],
         )
 
 
@@ -176,6 +195,10 @@ def concat_rollouts(batches: Sequence[RolloutBatch], *, pad_token_id: int = 0) -
         group_ids=torch.cat(group_ids),
         prompts=[p for b in batches for p in b.prompts],
         completions=[c for b in batches for c in b.completions],
+        policy_mask=None if all(b.policy_mask is None for b in batches) else torch.cat(
+            [_pad_to(b.policy_tokens, completion_width, 0, left=False) for b in batches]),
+        trajectories=None if any(b.trajectories is None for b in batches) else [
+            t for b in batches for t in b.trajectories],
     )
 
 

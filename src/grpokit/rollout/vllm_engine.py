@@ -160,6 +160,17 @@ class _TokenEngine:
             raise ValueError("no prompts")
         prompts = list(prompts)
         token_ids = encode_prompts(self.tokenizer, prompts, add_special_tokens=self.add_special_tokens)
+        return self.generate_ids(token_ids, n, sampling, prompt_seeds=prompt_seeds, prompts=prompts)
+
+    def generate_ids(self, prompt_token_ids: Sequence[Sequence[int]], n: int, sampling: SamplingParams, *,
+                     prompt_seeds: Sequence[int] | None = None, prompts: Sequence[str] | None = None) -> RolloutBatch:
+        """`generate` from token ids, sent to vLLM as given (multi-turn episodes: never re-tokenized)."""
+        token_ids = [list(map(int, ids)) for ids in prompt_token_ids]
+        if not token_ids or any(len(ids) == 0 for ids in token_ids):
+            raise ValueError("no prompts, or an empty one: sampling needs a token to condition on")
+        if prompts is None:
+            prompts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=False)
+        prompts = list(prompts)
         request = generation_request(
             token_ids, n, sampling,
             stop_token_ids={*self.eos_token_ids, *sampling.stop_token_ids},
@@ -205,7 +216,9 @@ class VLLMColocateEngine(_TokenEngine):
         try:
             from vllm import LLM
         except ImportError as error:
-            raise ImportError(
+            from grpokit.errors import MissingDependencyError
+
+            raise MissingDependencyError(
                 "rollout.engine: vllm_colocate runs vLLM inside the training process, and this Python has no "
                 "vllm. Install vllm here, or train with the Python of grpokit's vLLM environment (`grpokit "
                 "vllm-env` prints it, creating it once), or use rollout.engine: vllm_server") from error

@@ -33,9 +33,23 @@ from grpokit.algorithms import (
     rloo_advantages,
     soft_overlong_penalty,
 )
+from grpokit.algorithms.batch_statistics import (
+    BatchStatistics,
+    batch_statistics,
+    concat_statistic_inputs,
+    needs_batch_statistics,
+    needs_current_logprobs,
+)
+from grpokit.algorithms.policy_loss import loss_statistic_inputs
 from grpokit.algorithms.presets import Preset
 from grpokit.rollout.types import SamplingParams
-from grpokit.trainers.batching import TrainingBatch, micro_batch_rows, mini_batch_rows, model_inputs
+from grpokit.trainers.batching import (
+    TrainingBatch,
+    micro_batch_rows,
+    mini_batch_rows,
+    model_inputs,
+    token_keys,
+)
 from grpokit.trainers.distributed import (
     DataParallel,
     NullLogger,
@@ -48,6 +62,7 @@ from grpokit.trainers.scored import (
     ScoredRollout,
     concat_scored,
     informative_groups,
+    no_gradient_reason,
     select_groups,
     step_metrics,
     weighted_total,
@@ -67,7 +82,8 @@ class LMTrainer:
     """GRPO-family trainer for causal language models; see `grpokit.trainers.lm_build` for `from_config`."""
 
     def __init__(self, config: LMTrainConfig, *, policy, engine, train_data, sampler, reward_runner,
-                 preset: Preset, eval_data=None, accelerator=None, callbacks: list | None = None):
+                 preset: Preset, eval_data=None, accelerator=None, callbacks: list | None = None,
+                 gold_runner=None, agent=None):
         self.config = config
         self.policy = policy
         self.engine = engine
@@ -78,9 +94,17 @@ class LMTrainer:
         self.eval_data = eval_data
         self.accelerator = accelerator
         # Objects with any of: on_step_end(trainer, step, metrics), on_evaluate(trainer, step, metrics),
-        # on_train_end(trainer). A callback sets `trainer.should_stop = True` to end the run early.
+        # on_train_end(trainer), on_continue(trainer). A callback sets `trainer.should_stop = True` to end the
+        # run early; one with state_dict() (JSON-serializable) / load_state_dict(state) has its state saved in
+        # every checkpoint and restored on resume (grpokit.guards.state).
         self.callbacks = list(callbacks or [])
         self.should_stop = False
+        self.stop_reason: dict | None = None  # set by the guard that stopped the run (grpokit.guards.act)
+        self.run_end: dict | None = None  # how the run ended, saved in the final checkpoint (grpokit.guards.state)
+        self.gold_runner = gold_runner  # gold rewards: the evaluation reports eval/gold_* next to the proxy's
+        # Multi-turn episodes (`rollout.agent`): a `grpokit.agents.EpisodeEngine` over `engine`; None = one turn.
+        self.agent = agent
+        self.samples_log = None  # run_dir/samples.jsonl while training, on rank 0 (grpokit.monitoring.samples)
         self.group_size = config.rollout.num_generations or preset.num_generations
         self.run_dir = Path(config.logging.run_dir)
         self.step = 0
@@ -187,9 +211,15 @@ class LMTrainer:
         prompts = [self.train_data.render(i, self.policy.tokenizer) for i in indices]
         choose_sizes = getattr(self.sampler, "group_sizes", None)  # adaptive samplers pick G per prompt
         sizes = choose_sizes(indices) if choose_sizes is not None else [self.group_size] * len(indices)
-        rollout = generate_groups(self.engine, prompts, sizes, params,
-                                  pad_token_id=self.policy.tokenizer.pad_token_id or 0, prompt_seeds=seeds)
+        if self.agent is not None:  # episodes start from the data-set rows (the environment renders them)
+            rows = [self.train_data[i] for i in indices]
+            rollout = self.agent.generate_episodes(rows, sizes, params, prompt_seeds=seeds)
+        else:
+            rollout = generate_groups(self.engine, prompts, sizes, params,
+                                      pad_token_id=self.policy.tokenizer.pad_token_id or 0, prompt_seeds=seeds)
         columns = expand_per_group(self.train_data.columns_for(indices), sizes)
+        if rollout.trajectories is not None:  # rewards may read whole episodes (`trajectories=`)
+            columns["trajectories"] = rollout.trajectories
         result = self.reward_runner.score(
             prompts=rollout.prompts, completions=rollout.completions,
             group_ids=rollout.group_ids.tolist(), columns=columns,
@@ -222,7 +252,7 @@ class LMTrainer:
         batch = TrainingBatch(
             prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask,
             completion_ids=rollout.completion_ids, completion_mask=rollout.completion_mask,
-            group_ids=rollout.group_ids, loss_mask=rollout.completion_mask.clone(),
+            group_ids=rollout.group_ids, loss_mask=rollout.policy_tokens.clone(),  # inserted tool tokens: 0
             advantages=torch.zeros(len(rollout)), behaviour_logprobs=rollout.behaviour_logprobs,
         )
         # With μ = 1 and a single mini-batch the parameters have not moved since sampling, so the
@@ -240,7 +270,7 @@ class LMTrainer:
             # KL as a reward penalty: R_i −= β·Σ_t k1_t (outcome rewards, so the per-token penalty is summed).
             current = batch.old_logprobs if needs_old else self._logprobs_no_grad(batch, reference=False)
             penalty = kl_reward_penalty(current, batch.ref_logprobs, self.preset.beta)
-            sequence_penalty = -(penalty * rollout.completion_mask).sum(dim=1)
+            sequence_penalty = -(penalty * rollout.policy_tokens).sum(dim=1)
             rewards = torch.cat([rewards, sequence_penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
         weights = self._reward_weights(rewards.shape[1])
         valid = ~torch.isnan(weighted_total(rewards, weights))
@@ -268,7 +298,8 @@ class LMTrainer:
 
         if trainer_logprobs is None:
             trainer_logprobs = self._logprobs_no_grad(batch, reference=False)
-        stats = check_behaviour_logprobs(trainer_logprobs, batch.behaviour_logprobs, batch.completion_mask,
+        # loss_mask is still the policy-token mask here: inserted tool tokens have no behaviour log-prob
+        stats = check_behaviour_logprobs(trainer_logprobs, batch.behaviour_logprobs, batch.loss_mask,
                                          tolerance=self.config.rollout.mismatch_tolerance,
                                          engine=getattr(self.engine, "name", type(self.engine).__name__))
         log.info("engine vs trainer log-probs before the first update: mean |Δ| %.2e, max %.2e over %d tokens",
@@ -301,22 +332,51 @@ class LMTrainer:
         )
 
     # ------------------------------------------------------------------ 3. update
+    @torch.no_grad()
+    def _batch_statistics(self, mini: TrainingBatch, micro_batches: list[Tensor],
+                          keys: Tensor | None) -> BatchStatistics | None:
+        """The preset's batch statistics (top-entropy τ, SNIS mean, Clip-/KL-Cov selections) over the whole
+        mini-batch on every rank, so the update does not depend on micro-batching or on the number of
+        processes (`grpokit.algorithms.batch_statistics`). A no-grad forward per micro-batch when they need
+        the current log-probs or entropies; None (policy_loss takes them from its one batch) when unsplit."""
+        if not needs_batch_statistics(self.preset) or (len(micro_batches) == 1 and not self.parallel.enabled):
+            return None
+        parts = []
+        for micro_rows in micro_batches:
+            micro = mini.select(micro_rows)
+            logp = entropy = None
+            if needs_current_logprobs(self.preset) or micro.old_logprobs is None:
+                # the same micro-batches as the training pass: the same values, so a token at the threshold is
+                # compared there with the very value it contributed here
+                logp, entropy = self._forward_logprobs(
+                    micro, with_entropy=self.preset.top_entropy_quantile is not None)
+            old = micro.old_logprobs if micro.old_logprobs is not None else logp
+            parts.append(loss_statistic_inputs(
+                self.preset, old if logp is None else logp, old, micro.advantages, micro.loss_mask,
+                behaviour_logp=micro.behaviour_logprobs, entropy=entropy,
+                clip_cov_keys=None if keys is None else keys[micro_rows, : micro.completion_ids.shape[1]]))
+        local = concat_statistic_inputs(parts)
+        if self.parallel.enabled:  # every rank's tokens, in rank order
+            local = concat_statistic_inputs(self.parallel.gather({k: v.cpu() for k, v in local.items()}))
+        return batch_statistics(self.preset, local)
+
     def update(self, batch: TrainingBatch, step: int) -> dict[str, float]:
         """μ passes over the batch; each pass = `mini_batches` optimizer steps of accumulated micro-batches."""
         t = self.config.training
         self.model.train()
         generator = torch.Generator().manual_seed(t.seed * 7919 + step)
+        key_generator = torch.Generator().manual_seed(t.seed * 104_729 + step)  # Clip-Cov's token keys
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for _ in range(t.num_iterations):
             for rows in mini_batch_rows(batch.group_ids, t.mini_batches, generator):
-                stats = self._optimizer_step(batch, rows)
+                stats = self._optimizer_step(batch, rows, key_generator)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1
         return {key: sums[key] / counts[key] for key in sums}
 
-    def _optimizer_step(self, batch: TrainingBatch, rows: Tensor) -> dict[str, float]:
+    def _optimizer_step(self, batch: TrainingBatch, rows: Tensor, key_generator: torch.Generator) -> dict[str, float]:
         t = self.config.training
         mini = batch.select(rows)
         # Every aggregation divides by the counts of the global mini-batch: Σ over ranks.
@@ -325,6 +385,13 @@ class LMTrainer:
         stats: dict[str, float] = {}
         token_weights: dict[str, float] = {}
         micro_batches = micro_batch_rows(torch.arange(len(mini)), t.micro_batch_size)
+        keys = None
+        if self.preset.clip_cov is not None:  # one key per token of the global batch, by (global row, position)
+            width = max(self.config.rollout.max_new_tokens, batch.completion_ids.shape[1])
+            keys = token_keys(key_generator, len(batch) * self.parallel.world_size, width,
+                              rows + self.parallel.rank * len(batch))[:, : mini.completion_ids.shape[1]]
+            keys = keys.to(mini.completion_ids.device)
+        statistics = self._batch_statistics(mini, micro_batches, keys)
         for index, micro_rows in enumerate(micro_batches):
             micro = mini.select(micro_rows)
             with self.parallel.sync_context(self.train_module, last=index == len(micro_batches) - 1):
@@ -334,7 +401,8 @@ class LMTrainer:
                     self.preset, logp, old, micro.advantages, micro.loss_mask,
                     ref_logp=micro.ref_logprobs, behaviour_logp=micro.behaviour_logprobs, entropy=entropy,
                     num_sequences=num_sequences, num_tokens=max(num_tokens, 1),
-                    max_len=self.config.rollout.max_new_tokens,
+                    max_len=self.config.rollout.max_new_tokens, statistics=statistics,
+                    clip_cov_keys=None if keys is None else keys[micro_rows, : micro.completion_ids.shape[1]],
                 )
                 self._backward(loss * self.parallel.loss_scale)  # × W: DDP averages gradients over ranks
             share = float(micro.loss_mask.sum()) / max(num_tokens, 1)
@@ -364,28 +432,48 @@ class LMTrainer:
 
     # ------------------------------------------------------------------ the run
     def train(self) -> dict[str, float]:
-        """Run (or resume) training to `max_steps`; returns the last evaluation's metrics."""
+        """Run (or resume) training to `max_steps`; returns the last evaluation's metrics.
+
+        The run directory is locked for the whole run (`grpokit.run_dir.training_run_dir`): a second
+        trainer on it stops at once with a `RunDirError` naming this one.
+        """
+        from grpokit.run_dir import training_run_dir
+
+        with training_run_dir(self.run_dir, self.parallel):
+            return self._train()
+
+    def _train(self) -> dict[str, float]:
+        from grpokit.guards.state import run_end
         from grpokit.monitoring import MetricsLogger, TrainingProgress
-        from grpokit.trainers.lm_state import resume_latest, save_checkpoint
+        from grpokit.monitoring.samples import SamplesLog
+        from grpokit.trainers.lm_state import announce, finished_message, resume_latest, save_checkpoint
 
         cfg = self.config
-        resumed = resume_latest(self) if cfg.checkpoint.resume else False
+        resumed = resume_latest(self) if cfg.checkpoint.resume else None  # the checkpoint's path
+        if resumed and self._stopped_by_guard():
+            return {}
+        finished = finished_message(self, resumed)
+        if finished is not None:
+            announce(self, finished)
+            return {}
+        if resumed:
+            announce(self, f"resuming from step {self.step} of {cfg.training.max_steps} ({resumed})")
         self._sync_engine()  # the engine starts from the (resumed, warmed-up) policy
         last_eval: dict[str, float] = {}
         main = self.parallel.is_main  # only rank 0 logs, shows progress, writes files
         with (MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
                             wandb_project=cfg.logging.wandb_project, config=_config_dict(cfg))
               if main else NullLogger()) as logger, \
+                (SamplesLog(self.run_dir) if main else contextlib.nullcontext()) as self.samples_log, \
                 TrainingProgress(cfg.training.max_steps, description=f"{self.preset.name}",
                                  disable=not (cfg.logging.progress and main),
                                  start_step=self.step) as progress:
-            if resumed:
-                logger.truncate_after(self.step)
-                if main:  # the alarms of the replayed steps will be raised again
-                    from grpokit.guards.events import truncate_events_after
+            if main:  # metrics, alarms, samples, TensorBoard: cut to the resumed step (the replayed steps log
+                # again), or a checkpoint-less earlier attempt's logs set aside
+                from grpokit.run_dir import rewind_run_logs
 
-                    truncate_events_after(self.run_dir, self.step)
-            elif self.eval_data is not None:
+                rewind_run_logs(self.run_dir, self.step if resumed else None, logger, self.samples_log)
+            if not resumed and self.eval_data is not None:
                 last_eval = self._evaluate_on_main()
                 logger.log(0, last_eval)
             while self.step < cfg.training.max_steps and not self.should_stop:
@@ -404,6 +492,10 @@ class LMTrainer:
             if self.eval_data is not None and not (cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0):
                 last_eval = self._evaluate_on_main()
                 logger.log(self.step, last_eval)
+        self.samples_log = None
+        # Saved with the final checkpoint: a rerun of a run a guard stopped does not silently train on.
+        self.run_end = run_end(step=self.step, max_steps=cfg.training.max_steps, stop=self.stop_reason,
+                               stopped=self.should_stop)
         self._save_on_main(save_checkpoint)
         self._notify("on_train_end")
         if cfg.logging.plot and main:
@@ -411,6 +503,22 @@ class LMTrainer:
 
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", keys=LM_PLOT_KEYS)
         return last_eval
+
+    def _stopped_by_guard(self) -> bool:
+        """After resuming a run that a guard stopped: say so; True (do not train) unless asked to go on."""
+        from grpokit.guards.state import describe_run_end, is_guard_stop
+        from grpokit.trainers.lm_state import announce
+
+        if not is_guard_stop(self.run_end):
+            return False
+        what = describe_run_end(self.run_end)
+        if not self.config.guards.continue_after_stop:
+            announce(self, f"run was {what}; pass --continue (or set guards.continue_after_stop: true) to train on")
+            return True
+        announce(self, f"run was {what}; training on from step {self.step} (--continue)")
+        self.run_end = self.stop_reason = None
+        self._notify("on_continue")  # the guards watch and act again; their best-gold memory stays
+        return False
 
     def train_step(self, step: int) -> dict[str, float]:
         """One GRPO step: sample and score → advantages → μ passes of updates. Returns its metrics."""
@@ -425,14 +533,18 @@ class LMTrainer:
                     "dynamic_sampling/dropped_groups": float(scored.dropped_groups), "train/skipped": 1.0,
                     **sampler_metrics}
         batch = self.prepare(scored)
+        self._log_samples(step + 1, scored, batch)  # before the update: these advantages drove it
         stats = self.update(batch, step)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         self._sync_engine()  # the next rollout samples from the updated policy
         sync_seconds = time.perf_counter() - started
         # Batch metrics of the whole global batch: every rank's per-row values, gathered.
-        metrics = step_metrics(*(self.parallel.global_step_view(scored, batch) if self.parallel.enabled
-                                 else (scored, batch)), stats)
+        view = self.parallel.global_step_view(scored, batch) if self.parallel.enabled else (scored, batch)
+        metrics = step_metrics(*view, stats)
+        reason = no_gradient_reason(view[0].total_reward, view[0].rollout.group_ids)
+        if reason is not None and self.parallel.is_main:
+            log.warning("step %d: %s", step + 1, reason)
         tokens, sampler_metrics["rollouts/step"] = self.parallel.sum(
             [scored.rollout.completion_mask.sum(), scored.generated_rollouts])
         self.tokens_seen += int(tokens)
@@ -446,7 +558,26 @@ class LMTrainer:
             "tokens_seen": float(self.tokens_seen),
         })
         metrics.update(sampler_metrics)
+        if scored.rollout.trajectories is not None:  # turns, tool calls, tool seconds, tokens by role
+            from grpokit.agents.episodes import episode_metrics
+
+            metrics.update(episode_metrics(scored.rollout.trajectories))
         return metrics
+
+    def _log_samples(self, logged_step: int, scored: ScoredRollout, batch: TrainingBatch) -> None:
+        """Every `logging.samples_every` steps: the first groups' completions, scores and advantages."""
+        from grpokit.monitoring.samples import training_records
+
+        every = self.config.logging.samples_every
+        if self.samples_log is None or not every or logged_step % every:
+            return
+        rollout = scored.rollout
+        self.samples_log.write(training_records(
+            logged_step, prompts=rollout.prompts, completions=rollout.completions,
+            group_ids=rollout.group_ids.tolist(), prompt_indices=scored.prompt_indices,
+            reward_names=scored.reward_names, rewards=scored.rewards.tolist(), total=scored.total_reward.tolist(),
+            advantages=batch.advantages.tolist(), groups=self.config.logging.samples_per_log,
+            episodes=None if rollout.trajectories is None else [t.to_dict() for t in rollout.trajectories]))
 
     def _sync_engine(self) -> None:
         """Hand the current weights to the engine; one push per server, not one per rank."""
@@ -460,18 +591,32 @@ class LMTrainer:
         if shared:
             self.parallel.barrier()  # no rank samples before the new weights landed
 
-    def evaluate(self) -> dict[str, float]:
-        from grpokit.trainers.evaluation import EvalSettings, evaluate
+    def evaluate(self, *, callbacks: bool = True) -> dict[str, float]:
+        """Held-out accuracies (percent) of the proxy and gold rewards; then the callbacks' on_evaluate
+        (the gold guard: gold/proxy scores, `checkpoints/best`), unless `callbacks=False`."""
+        return self.evaluate_with_examples(callbacks=callbacks)[0]
+
+    def evaluate_with_examples(self, *, callbacks: bool = True):
+        """`evaluate`, plus each evaluated prompt's (greedy) completion and scores (`EvalExample`s).
+
+        While training, the first `logging.eval_samples` examples go to samples.jsonl. `grpokit eval` passes
+        `callbacks=False`: evaluating a run must not change it (no best-gold checkpoint, no alarm)."""
+        from grpokit.monitoring.samples import eval_records
+        from grpokit.trainers.evaluation import EvalSettings, evaluate_with_examples
 
         e, r = self.config.eval, self.config.rollout
         settings = EvalSettings(num_prompts=e.num_prompts, samples_per_prompt=e.samples_per_prompt,
                                 temperature=e.temperature, greedy=e.greedy, max_new_tokens=r.max_new_tokens,
                                 top_p=r.top_p, top_k=r.top_k, reward=e.reward,
                                 success_threshold=e.success_threshold, seed=self.config.training.seed + 99991)
-        metrics = evaluate(self.engine, self.policy.tokenizer, self.eval_data, self.reward_runner, settings)
+        metrics, examples = evaluate_with_examples(self.agent or self.engine, self.policy.tokenizer, self.eval_data,
+                                                   self.reward_runner, settings, gold_runner=self.gold_runner)
+        if self.samples_log is not None:
+            self.samples_log.write(eval_records(self.step, examples, self.config.logging.eval_samples))
         self.eval_history.append((self.step, metrics))
-        self._notify("on_evaluate", self.step, metrics)
-        return metrics
+        if callbacks:
+            self._notify("on_evaluate", self.step, metrics)
+        return metrics, examples
 
     def _evaluate_on_main(self) -> dict[str, float]:
         """Rank 0 evaluates (and runs the on_evaluate callbacks); every rank gets its metrics, should_stop."""

@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 from grpokit.checkpoint import CheckpointManager, model_dir
+from grpokit.errors import GrpokitError
 
 
 @contextlib.contextmanager
@@ -66,7 +67,7 @@ def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | 
         from grpokit.trainers.fsdp import GatheredState
 
         optimizer = GatheredState(optimizer_state) if optimizer_state is not None else None
-    extra = {"sampler": trainer.sampler.state_dict(), "tokens_seen": trainer.tokens_seen}
+    extra = {"sampler": trainer.sampler.state_dict(), "tokens_seen": trainer.tokens_seen, **_guard_extra(trainer)}
     return _manager(trainer).save(trainer.step, model_saver=save_model, optimizer=optimizer,
                                   scheduler=trainer.scheduler, extra_state=extra, tag=tag)
 
@@ -92,14 +93,18 @@ def restore_weights(trainer, tag: str = "best") -> int | None:
     return load_checkpoint(path, restore_rng=False)["step"]
 
 
-def resume_latest(trainer) -> bool:
-    """Restore the trainer from its run directory's latest complete checkpoint; False if there is none."""
+def resume_latest(trainer) -> Path | None:
+    """Restore the trainer from its run directory's latest intact checkpoint; its path, or None if there is none.
+
+    A damaged latest checkpoint is skipped, with a warning, for the one before it
+    (`CheckpointManager.latest_intact`).
+    """
     from grpokit.models.loading import load_policy_weights
 
     manager = _manager(trainer)
-    path = manager.latest()
+    path = manager.latest_intact()
     if path is None:
-        return False
+        return None
     optimizer = trainer.optimizer
     if _fsdp(trainer):
         from grpokit.trainers.fsdp import FullOptimizerState
@@ -119,4 +124,78 @@ def resume_latest(trainer) -> bool:
     extra = state["extra_state"]
     trainer.sampler.load_state_dict(extra["sampler"])
     trainer.tokens_seen = int(extra.get("tokens_seen", 0))
-    return True
+    _load_guard_extra(trainer, extra)
+    return path
+
+
+def finished_message(trainer, checkpoint: Path | None) -> str | None:
+    """Why a resumed run has nothing left to do (it reached `max_steps`), or None when it goes on."""
+    max_steps = trainer.config.training.max_steps
+    if checkpoint is not None and trainer.step >= max_steps:
+        return f"run already finished at step {trainer.step} ({checkpoint}); nothing to do"
+    return None
+
+
+def announce(trainer, message: str) -> None:
+    """A line about the run as a whole (resuming, already finished) on stderr, from rank 0 only."""
+    import sys
+
+    if trainer.parallel.is_main:
+        print(f"grpokit: {message}", file=sys.stderr, flush=True)
+
+
+def _guard_extra(trainer) -> dict:
+    """The guards' memory and how the run ended, checkpointed with the weights (see grpokit.guards.state)."""
+    from grpokit.guards.state import GUARDS_KEY, RUN_END_KEY, guard_states
+
+    return {GUARDS_KEY: guard_states(trainer.callbacks), RUN_END_KEY: getattr(trainer, "run_end", None)}
+
+
+def _load_guard_extra(trainer, extra: dict) -> None:
+    from grpokit.guards.state import GUARDS_KEY, RUN_END_KEY, load_guard_states
+
+    unclaimed = load_guard_states(trainer.callbacks, extra.get(GUARDS_KEY) or {})
+    if unclaimed:  # e.g. the gold guard was configured then and is not now: its memory is not used
+        import logging
+
+        logging.getLogger("grpokit.trainer").info("checkpointed state of %s: no such guard now", unclaimed)
+    trainer.run_end = extra.get(RUN_END_KEY)
+
+
+def eval_checkpoint(run_dir: str | Path) -> Path:
+    """The run's latest intact checkpoint, found READ-ONLY (nothing in the run directory is created or
+    repaired); `NoCheckpointError` when the run has none."""
+    manager = CheckpointManager(Path(run_dir), keep_last=None, read_only=True)
+    path = manager.pin_latest_intact()  # pinned: a trainer running beside us does not prune it meanwhile
+    if path is None:
+        raise NoCheckpointError(manager.checkpoints_dir)
+    return path
+
+
+def load_weights_for_eval(trainer, path: Path) -> int:
+    """Load the policy weights of checkpoint `path` (read-only; optimizer, RNGs, guards untouched) and
+    hand them to the engine; returns the checkpoint's step, which becomes the trainer's."""
+    from grpokit.checkpoint import load_checkpoint
+    from grpokit.models.loading import load_policy_weights
+
+    weights = model_dir(path)
+    policy = _weights_policy(trainer)
+    if policy.is_lora and (weights / "adapter").is_dir():
+        weights = weights / "adapter"
+    load_policy_weights(policy, weights)
+    state = load_checkpoint(path, restore_rng=False)
+    trainer.step = int(state["step"])
+    trainer.run_end = state["extra_state"].get("run_end")  # how the run ended, when it has
+    trainer.engine.sync_weights(policy.model)
+    return trainer.step
+
+
+class NoCheckpointError(GrpokitError):
+    """`grpokit eval` on a run directory without a complete checkpoint (and without --base)."""
+
+    kind = "eval"
+
+    def __init__(self, checkpoints_dir: Path):
+        self.checkpoints_dir = checkpoints_dir
+        where = "does not exist" if not checkpoints_dir.is_dir() else "holds no complete checkpoint"
+        super().__init__(f"{checkpoints_dir} {where}: nothing to evaluate (pass --base to evaluate the base model)")

@@ -44,6 +44,30 @@ def informative_groups(total_reward: Tensor, group_ids: Tensor) -> Tensor:
     return torch.tensor(flags, dtype=torch.bool)
 
 
+def no_gradient_reason(total_reward: Tensor, group_ids: Tensor) -> str | None:
+    """Why no group carries a learning signal (every advantage is 0), or None when some group does.
+
+    Case: totals [0, 0, 1, 1] in groups [0, 0, 1, 1] → "all 2 groups have equal rewards (1 group all 0,
+    1 group all 1; all 0: too hard? all 1: too easy?) — no gradient".
+    """
+    if bool(informative_groups(total_reward, group_ids).any()):
+        return None
+    groups = torch.unique_consecutive(group_ids)
+    counts: dict[float, int] = {}  # the one value each group with a valid reward holds -> how many groups
+    for g in groups:
+        valid = total_reward[group_ids == g]
+        valid = valid[~torch.isnan(valid)]
+        if len(valid):
+            value = round(float(valid[0]), 6)
+            counts[value] = counts.get(value, 0) + 1
+    if not counts:
+        return f"no valid reward in any of the {len(groups)} groups (every score None) — no gradient"
+    shares = ", ".join(f"{n} group{'s' * (n > 1)} all {v:g}" for v, n in sorted(counts.items()))
+    hints = [hint for value, hint in ((0.0, "all 0: too hard?"), (1.0, "all 1: too easy?")) if value in counts]
+    shares += "; " + " ".join(hints) if hints else ""
+    return f"all {len(groups)} groups have equal rewards ({shares}) — no gradient"
+
+
 def select_groups(scored: ScoredRollout, keep: Tensor) -> ScoredRollout:
     groups = torch.unique_consecutive(scored.rollout.group_ids)
     kept_groups = groups[keep]
@@ -94,6 +118,7 @@ def step_metrics(scored: ScoredRollout, batch: TrainingBatch, update_stats: dict
     metrics["reward/none_count"] = float(torch.isnan(scored.total_reward).sum())
     informative = informative_groups(scored.total_reward, rollout.group_ids)
     metrics["frac_reward_zero_std"] = float((~informative).float().mean()) if len(informative) else 1.0
+    metrics["train/zero_variance_groups"] = float((~informative).sum())
     lengths = rollout.completion_mask.sum(1).float()
     metrics["completion/length_mean"] = float(lengths.mean())
     metrics["completion/length_max"] = float(lengths.max())

@@ -1,0 +1,154 @@
+"""A trainer's run directory: checked before training starts, its I/O failures said in one line, its logs
+rewound to the step a run starts from.
+
+A full disk, a read-only mount, a missing permission or a path through a file are the user's
+environment, not bugs: they become a :class:`~grpokit.errors.RunDirError` whose message says what
+failed, where, and (for a full disk) how much space is free, e.g.
+
+    no space left on device writing runs/x/checkpoints/step-000004/optimizer.pt (free: 0.8 MiB)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from grpokit.errors import GrpokitError, RunDirError
+
+_KERNEL_TREES = (Path("/proc"), Path("/sys"))
+# How libraries that swallow errno say "disk full" (safetensors' Rust io::Error, C stdio messages).
+_FULL_DISK_PHRASES = ("no space left on device", "os error 28", "storagefull", "disk quota exceeded")
+
+
+def free_mib(path: str | Path) -> float:
+    """Free space, in MiB, of the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free / 2**20
+        except OSError:
+            continue
+    return float("nan")
+
+
+def io_error(error: BaseException, path: str | Path, action: str = "writing") -> GrpokitError:
+    """The one-line :class:`RunDirError` for an I/O failure while `action` (writing, creating...) `path`.
+
+    Recognises a full disk also when a library hid the errno in its message (torch, safetensors).
+    An error that already is a grpokit error is returned as it is.
+    """
+    if isinstance(error, GrpokitError):
+        return error
+    code = getattr(error, "errno", None)
+    if code is None and any(phrase in str(error).lower() for phrase in _FULL_DISK_PHRASES):
+        code = errno.ENOSPC
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return RunDirError(f"no space left on device {action} {path} (free: {free_mib(path):.1f} MiB)")
+    reasons = {
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EISDIR: "is a directory",
+        errno.ENAMETOOLONG: "file name too long",
+        errno.EIO: "input/output error (failing disk or lost network mount?)",
+    }
+    reason = reasons.get(code) or getattr(error, "strerror", None) or str(error).splitlines()[0]
+    return RunDirError(f"{reason} {action} {path}")
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """Create `run_dir` if needed and check that a trainer can write into it; :class:`RunDirError` if not.
+
+    Refuses paths under /proc and /sys (kernel file systems: writes there are not files), a path that
+    is a file, and a directory this process cannot create files in (read-only, no permission).
+    """
+    path = Path(run_dir)
+    absolute = path.absolute()
+    for tree in _KERNEL_TREES:
+        if absolute == tree or tree in absolute.parents:
+            raise RunDirError(f"logging.run_dir {path} is under {tree}, a kernel file system, not storage; "
+                              f"choose a directory on a disk")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"logging.run_dir {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise io_error(error, path, "creating") from None
+    probe = path / f".grpokit-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise io_error(error, path, "writing into") from None
+    return path
+
+
+@contextlib.contextmanager
+def training_run_dir(run_dir: str | Path, parallel=None) -> Iterator[None]:
+    """For the whole of a training run: `run_dir` checked (:func:`check_run_dir`) and locked
+    (:class:`~grpokit.run_lock.RunLock`), or a :class:`RunDirError` at once.
+
+    With several processes (`parallel`: a :class:`~grpokit.trainers.distributed.DataParallel`) rank 0
+    alone checks and holds the lock, and every rank raises its error, so none waits for the others.
+    """
+    from grpokit.run_lock import RunLock, held_by_this_process
+
+    is_main = parallel is None or parallel.is_main
+    lock, error = None, None
+    if is_main and held_by_this_process(run_dir):
+        pass  # taken before the model was built (`lock_before_building`)
+    elif is_main:
+        try:
+            check_run_dir(run_dir)
+            lock = RunLock(run_dir).acquire()
+        except RunDirError as caught:
+            error = caught
+    if parallel is not None and parallel.enabled:
+        message = parallel.broadcast(None if error is None else str(error))
+        if message is not None and error is None:
+            error = RunDirError(message)
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_before_building(run_dir: str | Path) -> contextlib.AbstractContextManager:
+    """`grpokit train`: :func:`training_run_dir` taken before the model loads, so that a second trainer
+    stops at once rather than after loading a model. Under a multi-process launcher, rank 0 alone
+    (``RANK``); the trainer's ``train`` finds the lock held and keeps it."""
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return training_run_dir(run_dir)
+
+
+def rewind_run_logs(run_dir: str | Path, resume_step: int | None, *logs) -> None:
+    """Make the run's logs start at the step this run starts from: `alarms.jsonl` and each of `logs`
+    (objects with ``truncate_after(step)`` and ``start_fresh(stamp)``: the metrics logger, the
+    samples log).
+
+    Resuming from the checkpoint of `resume_step`: records of later steps are cut (the run replays
+    them). A fresh start (`None`) over an earlier run's logs (a run killed before its first
+    checkpoint): the old files are moved aside to ``<name>.<UTC time>.jsonl.old``, one time for all,
+    with a warning, and TensorBoard hides the old events — never two records of one step.
+    """
+    from grpokit.guards.events import set_events_aside, truncate_events_after
+    from grpokit.monitoring.jsonl import aside_stamp
+
+    if resume_step is None:
+        stamp = aside_stamp()
+        for log in logs:
+            log.start_fresh(stamp)
+        set_events_aside(run_dir, stamp)
+    else:
+        for log in logs:
+            log.truncate_after(resume_step)
+        truncate_events_after(run_dir, resume_step)
