@@ -9,8 +9,10 @@ Choices are declared with `typing.Literal`. This module knows nothing about trai
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 from grpokit.errors import GrpokitError
@@ -22,13 +24,20 @@ class ConfigError(GrpokitError, ValueError):
     kind = "config"
 
 
+def config_key(field_name: str) -> str:
+    """The YAML key of a dataclass field: its name, less the trailing underscore of a name that would be a
+    Python keyword (field `async_` is written `async:`)."""
+    bare = field_name[:-1] if field_name.endswith("_") else field_name
+    return bare if bare != field_name and keyword.iskeyword(bare) else field_name
+
+
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
     """Build dataclass `cls` from `data`, recursively, validating every field."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {config_key(f.name): f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = path or "top level"
@@ -38,7 +47,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     for name, field in fields.items():
         dotted = f"{path}.{name}" if path else name
         if name in data:
-            values[name] = _coerce(hints[name], data[name], dotted)
+            values[field.name] = _coerce(hints[field.name], data[name], dotted)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{dotted}: required field is missing")
     try:
@@ -49,10 +58,23 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise ConfigError(f"{path or 'config'}: {error}") from error
 
 
-def coerce_fields(cls: type, values: dict, path: str) -> dict:
-    """Check and convert `values` against the annotated types of `cls`'s fields (names left unchecked)."""
-    hints = typing.get_type_hints(cls)
-    return {k: (_coerce(hints[k], v, f"{path}.{k}") if k in hints else v) for k, v in values.items()}
+def checked_overrides(classes: Sequence[type], overrides: dict, path: str) -> dict:
+    """`overrides` of the fields of frozen dataclasses `classes` (a preset's), names and types checked.
+
+    For `algorithm.overrides`: a misspelled name is an error at load naming the allowed ones, and values are
+    converted like any field (`1e-4` read as a string becomes a float). Fields holding a dataclass are not
+    overridable. Values are range-checked when the preset is built from them.
+    """
+    allowed: dict[str, Any] = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init and not dataclasses.is_dataclass(hints[f.name]):
+                allowed.setdefault(f.name, hints[f.name])
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    return {name: _coerce(allowed[name], value, f"{path}.{name}") for name, value in overrides.items()}
 
 
 def _is_optional(tp: Any) -> bool:
@@ -153,4 +175,4 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def to_dict(config: Any) -> dict:
     """A plain, YAML/JSON-serializable dict of a config dataclass."""
-    return dataclasses.asdict(config)
+    return dataclasses.asdict(config, dict_factory=lambda items: {config_key(k): v for k, v in items})

@@ -7,7 +7,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grpokit.algorithms import combine_rewards, group_advantages, rloo_advantages, valid_reward_mask
+from grpokit.algorithms import (
+    PRESETS,
+    combine_rewards,
+    compute_advantages,
+    get_preset,
+    gpg_advantages,
+    group_advantages,
+    rloo_advantages,
+    valid_reward_mask,
+)
 
 from ._strategies import FAST
 
@@ -163,3 +172,54 @@ def test_rloo_sums_to_zero_per_group_and_matches_scaled_centring(seed, batch, nu
         n = int((groups == g).sum())
         expected = centred[groups == g] * n / (n - 1) if n > 1 else torch.zeros(1)
         torch.testing.assert_close(adv[groups == g], expected, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- compute_advantages
+# The one entry point of both trainers; it must reproduce, bit for bit, the branches it replaced.
+REWARDS_2 = torch.tensor([[1.0, 0.5], [0.0, NAN], [1.0, 0.0], [0.0, 0.25], [2.0, 1.0], [2.0, 1.0]],
+                         dtype=torch.float64)
+WEIGHTS_2 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+GROUPS_2 = ids([0, 0, 0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("advantage", ["group", "none", "batch"])
+@pytest.mark.parametrize("multi_reward", ["sum_then_normalize", "normalize_then_sum"])
+def test_compute_advantages_equals_the_language_model_trainers_former_branch(advantage, multi_reward):
+    preset = get_preset("grpo", advantage=advantage, multi_reward=multi_reward, std="population")
+    expected = combine_rewards(REWARDS_2, WEIGHTS_2, GROUPS_2, mode=multi_reward, scale=advantage,
+                               std="population", eps=preset.advantage_eps)
+    assert torch.equal(compute_advantages(preset, REWARDS_2, WEIGHTS_2, GROUPS_2), expected)
+
+
+def test_compute_advantages_rloo_uses_the_weighted_total():
+    total = (REWARDS_2 * WEIGHTS_2).sum(dim=1)
+    expected = rloo_advantages(total, GROUPS_2)
+    actual = compute_advantages(get_preset("grpo", advantage="rloo"), REWARDS_2, WEIGHTS_2, GROUPS_2)
+    assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("advantage", ["group", "none", "batch", "rloo"])
+def test_compute_advantages_of_one_total_equals_the_flow_trainers_former_branch(advantage):
+    rewards, groups = t([0.5, 0.1, NAN, 0.9, 0.3, 0.3]), ids([0, 0, 0, 1, 1, 1])
+    # a [B] total ignores multi_reward: GDPO's per-column normalisation has one column and nothing to combine
+    preset = get_preset("grpo", advantage=advantage, multi_reward="normalize_then_sum")
+    expected = (rloo_advantages(rewards, groups) if advantage == "rloo" else
+                group_advantages(rewards, groups, scale=advantage, std=preset.std, eps=preset.advantage_eps))
+    assert torch.equal(compute_advantages(preset, rewards, None, groups), expected)
+
+
+def test_compute_advantages_needs_weights_for_several_rewards():
+    with pytest.raises(ValueError, match="weight"):
+        compute_advantages(PRESETS["grpo"], REWARDS_2, None, GROUPS_2)
+
+
+def test_gpg_advantage_rescales_by_the_share_of_informative_completions():
+    # group 0 informative, group 1 all equal: B = 8 valid, M = 4 → α = 2; centred group 0 = [0.75, −0.25 ×3]
+    adv = gpg_advantages(t([1, 0, 0, 0, 1, 1, 1, 1]), None, ids([0, 0, 0, 0, 1, 1, 1, 1]))
+    torch.testing.assert_close(adv, t([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0]))
+
+
+def test_gpg_advantage_ignores_unscorable_rows_in_alpha():
+    # 3 valid rows (the NaN row is excluded from B), all in the informative group → α = 1
+    adv = gpg_advantages(t([1, 0, NAN, 0]), None, ids([0, 0, 0, 0]))
+    torch.testing.assert_close(adv, t([2 / 3, -1 / 3, 0, -1 / 3]))

@@ -20,6 +20,7 @@ SPEC_MASK = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]])
         ("seq_mean_token_mean", 0.5),
         ("seq_mean_token_sum", 0.5),
         ("seq_mean_token_sum_norm", 0.125),
+        ("token_sum", 1.0),
     ],
 )
 def test_spec_case(mode, expected):
@@ -66,3 +67,12 @@ def test_micro_batches_with_global_counts_sum_to_full_batch(seed, batch, length,
         for l_part, m_part in zip(loss.tensor_split(num_splits), mask.tensor_split(num_splits))
     ]
     torch.testing.assert_close(sum(parts), full)
+
+
+def test_token_sum_has_no_denominator_so_every_valid_token_weighs_one():
+    loss = torch.tensor([[1.0, 2.0, 0.5], [3.0, 4.0, 9.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    value = aggregate_loss(loss, mask, "token_sum", num_sequences=99, num_tokens=99)  # counts are ignored
+    (grad,) = torch.autograd.grad(value, loss)
+    assert value.item() == 6.0
+    torch.testing.assert_close(grad, mask.float())

@@ -30,6 +30,7 @@ def _token_weight(mode: str, mask: torch.Tensor) -> torch.Tensor:
         "seq_mean_token_mean": m / (batch * m.sum(-1, keepdim=True).clamp(min=1)),
         "seq_mean_token_sum": m / batch,
         "seq_mean_token_sum_norm": m / (batch * MAX_LEN),
+        "token_sum": m,
     }
     return weights[mode]
 
@@ -38,7 +39,7 @@ def _token_weight(mode: str, mask: torch.Tensor) -> torch.Tensor:
 @given(
     seed=st.integers(0, 10_000),
     batch=st.integers(1, 5),
-    surrogate=st.sampled_from(["ppo_clip", "cispo"]),
+    surrogate=st.sampled_from(["ppo_clip", "cispo", "sapo", "gpg"]),  # at r = 1 each is the policy gradient
     ratio_level=st.sampled_from(["token", "sequence", "sequence_token"]),
     mode=st.sampled_from(AGGREGATION_MODES),
     dual_clip=st.sampled_from([None, 3.0]),

@@ -12,14 +12,23 @@ Rules shared by every function here:
   0.1 + 0.2 one way and 0.3 another) cannot be divided up to ±1.
 - **Groups with fewer than two valid rewards get 0** (there is nothing to compare against).
 - Statistics are computed in float64; results are float32.
+
+The estimators a Preset's ``advantage`` field names are registered here (:mod:`grpokit.algorithms.registry`);
+:func:`compute_advantages` is the one entry point the trainers call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from .registry import ADVANTAGE_ESTIMATORS, register_advantage
+
+if TYPE_CHECKING:
+    from .presets import Preset
 
 ADVANTAGE_SCALES = ("group", "none", "batch")
 STD_KINDS = ("unbiased", "population")
@@ -190,3 +199,90 @@ def combine_rewards(
         too_few = scorable.sum() < 2 or bool(spread <= zero_std_rtol * summed.abs().max())
         summed = torch.zeros_like(summed) if too_few else (summed - mean) / (spread + eps)
     return torch.where(scorable, summed, 0.0).to(torch.float32)
+
+
+# ----------------------------------------------------------------------------- registered estimators
+# ``rewards`` is ``[B]`` (one total per completion) or ``[B, K]`` with ``weights[K]`` (several reward functions).
+
+
+def _weighted_total(rewards: Tensor, weights: Tensor | None) -> Tensor:
+    """``[B]``: the rewards themselves, or Σ_k w_k·r_k in float64 (NaN when any component is NaN)."""
+    if rewards.dim() == 1:
+        return rewards
+    return (rewards.to(torch.float64) * torch.as_tensor(weights).to(torch.float64)).sum(dim=1)
+
+
+def _scaled(rewards: Tensor, weights: Tensor | None, group_ids: Tensor, scale: str, *,
+            multi_reward: str, std: str, advantage_eps: float) -> Tensor:
+    if rewards.dim() == 1:  # one total: the multi-reward mode has nothing to combine
+        return group_advantages(rewards, group_ids, scale=scale, std=std, eps=advantage_eps)
+    return combine_rewards(rewards, weights, group_ids, mode=multi_reward, scale=scale, std=std, eps=advantage_eps)
+
+
+@register_advantage("group", summary="GRPO z-score (R − mean_g) / (std_g + eps)")
+def group_zscore_advantages(
+    rewards: Tensor, weights: Tensor | None, group_ids: Tensor, *, multi_reward: str, std: str, advantage_eps: float
+) -> Tensor:
+    """:func:`group_advantages` with ``scale="group"`` (several rewards: :func:`combine_rewards`)."""
+    return _scaled(rewards, weights, group_ids, "group",
+                   multi_reward=multi_reward, std=std, advantage_eps=advantage_eps)
+
+
+@register_advantage("none", summary="Dr. GRPO: R − mean_g, no std division")
+def group_centred_advantages(
+    rewards: Tensor, weights: Tensor | None, group_ids: Tensor, *, multi_reward: str, std: str, advantage_eps: float
+) -> Tensor:
+    """:func:`group_advantages` with ``scale="none"`` (several rewards: :func:`combine_rewards`)."""
+    return _scaled(rewards, weights, group_ids, "none",
+                   multi_reward=multi_reward, std=std, advantage_eps=advantage_eps)
+
+
+@register_advantage("batch", summary="(R − mean_g) / (std of the whole batch + eps) (REINFORCE++, TRL batch)")
+def batch_std_advantages(
+    rewards: Tensor, weights: Tensor | None, group_ids: Tensor, *, multi_reward: str, std: str, advantage_eps: float
+) -> Tensor:
+    """:func:`group_advantages` with ``scale="batch"`` (several rewards: :func:`combine_rewards`)."""
+    return _scaled(rewards, weights, group_ids, "batch",
+                   multi_reward=multi_reward, std=std, advantage_eps=advantage_eps)
+
+
+@register_advantage("rloo", summary="RLOO: R − mean of the other completions of the group")
+def leave_one_out_advantages(rewards: Tensor, weights: Tensor | None, group_ids: Tensor) -> Tensor:
+    """:func:`rloo_advantages` of the weighted total reward."""
+    return rloo_advantages(_weighted_total(rewards, weights), group_ids)
+
+
+@register_advantage("gpg", summary="GPG: α·(R − mean_g), α = B / (B − completions of all-equal groups)")
+def gpg_advantages(rewards: Tensor, weights: Tensor | None, group_ids: Tensor, zero_std_rtol: float = 1e-6) -> Tensor:
+    """GPG's corrected advantage (arXiv 2504.02546, §"accurate gradient estimation"), ``[B]`` float32.
+
+    ``A_i = α·(R_i − mean_g)`` with ``α = B / (B − M)``: B the completions with a valid reward, M those in
+    groups whose rewards are all equal (or that have one valid reward), whose advantage is 0. Those rows
+    still count in a mean over the batch, so α scales the others back up to the gradient of the informative
+    completions alone. No std division (the paper's F_norm = 1). Case R = [1, 0, 0, 0 | 1, 1, 1, 1]:
+    α = 8/4 = 2 → [1.5, −0.5, −0.5, −0.5, 0, 0, 0, 0]. verl's ``gpg`` estimator counts non-zero rewards
+    for M instead.
+    """
+    stats = _GroupStats(_weighted_total(rewards, weights), group_ids, ddof=0)
+    informative = stats.informative_rows(zero_std_rtol)
+    alpha = stats.valid.sum() / informative.sum().clamp(min=1)
+    return torch.where(informative, stats.centred * alpha, 0.0).to(torch.float32)
+
+
+def compute_advantages(
+    preset: Preset, rewards: Tensor, weights: Tensor | Sequence[float] | None, group_ids: Tensor
+) -> Tensor:
+    """The advantage of every completion, ``[B]`` float32, by the estimator ``preset.advantage`` names.
+
+    ``rewards[B]`` is one total reward per completion (``weights`` None; ``multi_reward`` does not apply) or
+    ``rewards[B, K]`` the K reward functions' scores with ``weights[K]`` (``preset.multi_reward`` combines
+    them). NaN marks an unscorable reward (advantage 0, see the module docstring). Both trainers call this,
+    so a new estimator is one ``@register_advantage`` function.
+    """
+    if rewards.dim() == 2 and weights is None:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} need one weight per column")
+    if rewards.dim() not in (1, 2):
+        raise ValueError(f"rewards must be [B] or [B, K], got shape {tuple(rewards.shape)}")
+    return ADVANTAGE_ESTIMATORS.call(
+        preset.advantage, preset, rewards=rewards, weights=weights, group_ids=group_ids
+    )

@@ -12,27 +12,29 @@ division. Left ``None``, the local batch's counts are used (correct when the bat
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-AGGREGATION_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+from .registry import AGGREGATIONS, register_aggregation
 
 
+@register_aggregation("token_mean", summary="Σ m·L / (valid tokens of the batch) (DAPO, TRL dapo/bnpo)")
 def _token_mean(masked: Tensor, m: Tensor, num_sequences, num_tokens, max_len) -> Tensor:
     return masked.sum() / num_tokens
 
 
+@register_aggregation("seq_mean_token_mean", summary="mean over sequences of each one's token mean (GRPO)")
 def _seq_mean_token_mean(masked: Tensor, m: Tensor, num_sequences, num_tokens, max_len) -> Tensor:
     per_sequence = masked.sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
     return per_sequence.sum() / num_sequences
 
 
+@register_aggregation("seq_mean_token_sum", summary="Σ m·L / number of sequences")
 def _seq_mean_token_sum(masked: Tensor, m: Tensor, num_sequences, num_tokens, max_len) -> Tensor:
     return masked.sum() / num_sequences
 
 
+@register_aggregation("seq_mean_token_sum_norm", summary="Σ m·L / (sequences · L_max) (Dr. GRPO)")
 def _seq_mean_token_sum_norm(masked: Tensor, m: Tensor, num_sequences, num_tokens, max_len) -> Tensor:
     if max_len is None:
         raise ValueError(
@@ -42,12 +44,12 @@ def _seq_mean_token_sum_norm(masked: Tensor, m: Tensor, num_sequences, num_token
     return masked.sum() / (num_sequences * max_len)
 
 
-_AGGREGATORS: dict[str, Callable[..., Tensor]] = {
-    "token_mean": _token_mean,
-    "seq_mean_token_mean": _seq_mean_token_mean,
-    "seq_mean_token_sum": _seq_mean_token_sum,
-    "seq_mean_token_sum_norm": _seq_mean_token_sum_norm,
-}
+@register_aggregation("token_sum", summary="Σ m·L, no denominator (verl token-sum; scale the learning rate)")
+def _token_sum(masked: Tensor, m: Tensor, num_sequences, num_tokens, max_len) -> Tensor:
+    return masked.sum()
+
+
+AGGREGATION_MODES = AGGREGATIONS.names()  # the built-in modes; AGGREGATIONS also holds any registered later
 
 
 def aggregate_loss(
@@ -69,11 +71,12 @@ def aggregate_loss(
     - ``seq_mean_token_sum``: ``Σ_{i,t} m·L / num_sequences``.
     - ``seq_mean_token_sum_norm`` (Dr. GRPO): ``Σ_{i,t} m·L / (num_sequences · max_len)``, ``max_len`` the
       generation limit L_max, a constant (required).
+    - ``token_sum`` (verl ``token-sum``): ``Σ_{i,t} m·L``, no denominator; the gradient grows with the batch's
+      token count, so the learning rate has to absorb it.
 
-    Case: lengths 1 and 3, L_max = 4, losses [1] and [0, 0, 0] → 0.25, 0.5, 0.5, 0.125.
+    Case: lengths 1 and 3, L_max = 4, losses [1] and [0, 0, 0] → 0.25, 0.5, 0.5, 0.125, 1 (token_sum).
     """
-    if mode not in _AGGREGATORS:
-        raise ValueError(f"aggregation mode must be one of {AGGREGATION_MODES}, got {mode!r}")
+    aggregate = AGGREGATIONS.get(mode).function  # ValueError naming the registered modes
     valid = mask.bool()
     per_token_loss = per_token_loss.expand(valid.shape)
     masked = torch.where(valid, per_token_loss, torch.zeros_like(per_token_loss))
@@ -82,4 +85,4 @@ def aggregate_loss(
         num_sequences = valid.shape[0]
     if num_tokens is None:
         num_tokens = m.sum().clamp(min=1.0)
-    return _AGGREGATORS[mode](masked, m, num_sequences, num_tokens, max_len)
+    return aggregate(masked, m, num_sequences, num_tokens, max_len)

@@ -52,7 +52,10 @@ def behaviour_importance_weights(
 
     Metrics (0-d tensors, over valid tokens): ``mismatch_abs_logratio_mean`` / ``_max`` (|log ρ_t|),
     ``frac_truncated`` (tis) or ``frac_masked`` (mis): fraction of valid tokens whose weight was changed,
-    and ``kl_mu_old_k3``: the k3 estimate of KL(μ ‖ π_old) from μ's samples, mean of ρ − 1 − log ρ.
+    ``kl_mu_old_k3``: the k3 estimate of KL(μ ‖ π_old) from μ's samples, mean of ρ − 1 − log ρ, and
+    ``is_weight_mean`` / ``is_weight_max`` / ``is_ess`` of the applied weights w (for "none": of ρ itself,
+    what a correction would apply), with the effective sample size as a fraction of the n valid tokens,
+    ESS = (Σ w)² / (n · Σ w²) ∈ (0, 1] (Kong, 1992): 1 when every weight is equal; w = [1, 1, 1, 3] → 0.75.
     """
     if method not in BEHAVIOUR_METHODS:
         raise ValueError(f"method must be one of {BEHAVIOUR_METHODS}, got {method!r}")
@@ -86,7 +89,21 @@ def behaviour_importance_weights(
     if method != "none":
         key = "frac_truncated" if method == "tis" else "frac_masked"
         metrics[key] = _masked_mean(outside.to(m.dtype), valid)
+    metrics.update(importance_weight_statistics(weights if method != "none" else torch.exp(log_w), valid))
     return weights, metrics
+
+
+def importance_weight_statistics(weights: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """``is_weight_mean``, ``is_weight_max`` and ``is_ess`` = (Σ w)² / (n · Σ w²) over the valid entries
+    (0-d tensors; 1 for ESS when nothing is valid or every weight is 0)."""
+    w = torch.where(valid, weights, 0.0)
+    total, squares = w.sum(), (w * w).sum()
+    count = valid.sum().clamp(min=1)
+    ess = torch.where(squares > 0, total * total / (count * squares).clamp(min=torch.finfo(w.dtype).tiny),
+                      torch.ones_like(total))
+    return {"is_weight_mean": total / count,
+            "is_weight_max": w.max() if w.numel() else w.new_zeros(()),
+            "is_ess": ess}
 
 
 def self_normalize_weights(

@@ -1,6 +1,6 @@
 """The policy loss of one (micro-)batch, composed from a :class:`~grpokit.algorithms.presets.Preset`.
 
-ratio (token | sequence | GSPO-token)  →  surrogate (PPO clip | CISPO)
+ratio (token | sequence | GSPO-token)  →  surrogate (registered: PPO clip | CISPO | SAPO | GMPO | GPG)
 →  token selection (Clip-Cov detach, KL-Cov penalty, top-entropy mask)
 →  × behaviour IS weights (TIS | MIS, optionally self-normalised)
 →  + β·KL(π_θ ‖ π_ref) − entropy_coef·H  →  aggregate with the global denominators
@@ -24,7 +24,7 @@ from .kl import kl_estimate
 from .off_policy import behaviour_importance_weights, self_normalize_weights
 from .presets import Preset
 from .ratios import gspo_token_log_ratio, importance_ratio, sequence_log_ratio, token_log_ratio, zero_masked
-from .surrogates import cispo_loss, ppo_clip_loss
+from .registry import SURROGATES
 
 # log-ratio per preset.ratio_level: [B, T], or [B, 1] for one ratio per sequence
 _LOG_RATIOS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
@@ -33,21 +33,20 @@ _LOG_RATIOS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
     "sequence_token": gspo_token_log_ratio,
 }
 
-# (ratio, logp, advantages, preset) -> (per-token loss, clipped_low, clipped_high)
-_SURROGATES: dict[str, Callable[[Tensor, Tensor, Tensor, Preset], tuple[Tensor, Tensor, Tensor]]] = {
-    "ppo_clip": lambda ratio, logp, adv, p: ppo_clip_loss(
-        ratio, adv, eps_low=p.eps_low, eps_high=p.eps_high, dual_clip_c=p.dual_clip_c, delta=p.delta
-    ),
-    "cispo": lambda ratio, logp, adv, p: cispo_loss(ratio, logp, adv, eps_low=p.eps_low, eps_high=p.eps_high),
-}
-
 
 def _ratio_and_surrogate(
     preset: Preset, logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(ratio, per-token surrogate loss, clipped_low, clipped_high), the last three ``[B, T]``."""
-    ratio = importance_ratio(_LOG_RATIOS[preset.ratio_level](logp, old_logp, mask))
-    per_token, clipped_low, clipped_high = _SURROGATES[preset.surrogate](ratio, logp, adv, preset)
+    """(ratio, per-token surrogate loss, clipped_low, clipped_high), the last three ``[B, T]``.
+
+    The surrogate is the function registered under ``preset.surrogate`` (:mod:`.surrogates`); it reads the
+    tensors below by parameter name and its hyper-parameters from the preset."""
+    log_ratio = _LOG_RATIOS[preset.ratio_level](logp, old_logp, mask)
+    ratio = importance_ratio(log_ratio)
+    per_token, clipped_low, clipped_high = SURROGATES.call(
+        preset.surrogate, preset, ratio=ratio, log_ratio=log_ratio, token_log_ratio=token_log_ratio(logp, old_logp),
+        logp=logp, advantages=adv, mask=mask,
+    )
     return ratio, per_token.expand_as(logp), clipped_low.expand_as(logp), clipped_high.expand_as(logp)
 
 

@@ -8,10 +8,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+# importing advantages, aggregation, critic, kl and surrogates registers the built-in mechanisms
+from . import aggregation, critic, kl, surrogates  # noqa: F401
 from .advantages import MULTI_REWARD_MODES, STD_KINDS
-from .aggregation import AGGREGATION_MODES
-from .kl import KL_ESTIMATORS
 from .off_policy import BEHAVIOUR_LEVELS, BEHAVIOUR_METHODS
+from .registry import REGISTRIES
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,11 @@ class KLCovConfig:
 
 
 # Fields whose value must come from a fixed list; checked at construction with an error naming both.
+# advantage, surrogate, aggregation and kl_estimator name a registered function (grpokit.algorithms.registry):
+# their choices are whatever is registered when the Preset is built.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "advantage": ("group", "none", "batch", "rloo"),
     "std": STD_KINDS,
     "ratio_level": ("token", "sequence", "sequence_token"),
-    "surrogate": ("ppo_clip", "cispo"),
-    "aggregation": AGGREGATION_MODES,
-    "kl_estimator": KL_ESTIMATORS,
     "behaviour_correction": BEHAVIOUR_METHODS,
     "behaviour_level": BEHAVIOUR_LEVELS,
     "multi_reward": MULTI_REWARD_MODES,
@@ -59,7 +58,7 @@ class Preset:
     name: str
     summary: str  # one line, shown by `grpokit presets`
     # --- advantages (grpokit.algorithms.advantages) ---
-    advantage: str = "group"  # "group" z-score | "none" (Dr. GRPO, no std) | "batch" std | "rloo"
+    advantage: str = "group"  # "group" z-score | "none" (Dr. GRPO, no std) | "batch" std | "rloo" | "gpg" | "gae" (PPO)
     std: str = "unbiased"  # std of the z-score: "unbiased" (n−1, torch/TRL default) | "population" (n)
     advantage_eps: float = 1e-4  # added to the std before dividing (TRL's value)
     num_generations: int = 8  # completions per prompt, G
@@ -68,16 +67,23 @@ class Preset:
     )
     # --- ratio and surrogate ---
     ratio_level: str = "token"  # "token" | "sequence" (GSPO, one ratio per completion) | "sequence_token"
-    surrogate: str = "ppo_clip"  # "ppo_clip" | "cispo" (clipped, detached IS weight × log π)
+    surrogate: str = "ppo_clip"  # "ppo_clip" | "cispo" | "sapo" | "gmpo" | "gpg" (grpokit.algorithms.surrogates)
     eps_low: float = 0.2  # ratio clipped below at 1 − eps_low
     eps_high: float = 0.2  # ratio clipped above at 1 + eps_high (DAPO clip-higher: 0.28)
     dual_clip_c: float | None = None  # dual-clip bound c > 1 for A < 0 (None: off)
     delta: float | None = None  # TRL/INTELLECT-2 two-sided cap δ > 1 on the unclipped ratio (None: off)
+    tau_pos: float = 1.0  # SAPO gate temperature where A > 0 (paper/verl default)
+    tau_neg: float = 1.05  # SAPO gate temperature where A ≤ 0 (paper/verl default)
+    # --- PPO's learned critic (advantage "gae"; grpokit.algorithms.critic, grpokit.trainers.ppo) ---
+    gae_gamma: float = 1.0  # γ: discount per token (1: the outcome reward counts fully at every token)
+    gae_lambda: float = 0.95  # λ: GAE's bias-variance trade-off (1: Monte-Carlo return − V, 0: one-step TD)
+    value_clip: float | None = 0.2  # c: the value may move at most c from its rollout-time value (None: off)
+    critic_lr_scale: float = 1.0  # the critic's learning rate = training.learning_rate × this
     # --- loss aggregation (grpokit.algorithms.aggregation) ---
     aggregation: str = "seq_mean_token_mean"  # see AGGREGATION_MODES
     # --- regularisers ---
     beta: float = 0.04  # KL(π_θ ‖ π_ref) coefficient; 0 means no reference model is needed
-    kl_estimator: str = "k3"  # "k1" | "k2" | "k3" (Schulman)
+    kl_estimator: str = "k3"  # "k1" | "k2" | "k3" (Schulman) | "abs" | "k1+" | "k3+" (value of k1/k3, k2's gradient)
     kl_in_reward: bool = False  # True: −β·k1 goes into the per-token reward instead of the loss
     entropy_coef: float = 0.0  # loss −= entropy_coef · H (aggregated like the policy loss)
     top_entropy_quantile: float | None = None  # train only tokens with H ≥ this quantile of the mini-batch's
@@ -101,6 +107,8 @@ class Preset:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"Preset field {name!r} must be one of {allowed}, got {value!r}")
+        for registry in REGISTRIES:
+            _check_registered(self, registry)
         for name, config_type in (("clip_cov", ClipCovConfig), ("kl_cov", KLCovConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):  # from YAML
@@ -127,7 +135,13 @@ def _numeric_checks(p: Preset) -> list[tuple[str, bool]]:
         (f"eps_high must be ≥ 0, got {p.eps_high}", p.eps_high >= 0),
         (f"dual_clip_c must be None or > 1, got {p.dual_clip_c}", p.dual_clip_c is None or p.dual_clip_c > 1),
         (f"delta must be None or > 1, got {p.delta}", p.delta is None or p.delta > 1),
+        (f"tau_pos must be > 0, got {p.tau_pos}", p.tau_pos > 0),
+        (f"tau_neg must be > 0, got {p.tau_neg}", p.tau_neg > 0),
         (f"beta must be ≥ 0, got {p.beta}", p.beta >= 0),
+        (f"gae_gamma must be in [0, 1], got {p.gae_gamma}", 0 <= p.gae_gamma <= 1),
+        (f"gae_lambda must be in [0, 1], got {p.gae_lambda}", 0 <= p.gae_lambda <= 1),
+        (f"value_clip must be None or > 0, got {p.value_clip}", p.value_clip is None or p.value_clip > 0),
+        (f"critic_lr_scale must be > 0, got {p.critic_lr_scale}", p.critic_lr_scale > 0),
         (
             f"top_entropy_quantile must be None or in [0, 1), got {p.top_entropy_quantile}",
             p.top_entropy_quantile is None or 0 <= p.top_entropy_quantile < 1,
@@ -142,6 +156,23 @@ def _numeric_checks(p: Preset) -> list[tuple[str, bool]]:
             p.overlong_cache_len is None or p.overlong_cache_len >= 1,
         ),
     ]
+
+
+def _check_registered(p: Preset, registry: Any) -> None:
+    """The field names a registered function; the function's keyword-only parameters are Preset fields and
+    the field values it ``requires`` hold."""
+    value = getattr(p, registry.preset_field)
+    if value not in registry:
+        raise ValueError(f"Preset field {registry.preset_field!r} must be one of {registry.names()}, got {value!r}")
+    entry = registry.get(value)
+    unknown = sorted(set(entry.preset_args) - {f.name for f in dataclasses.fields(Preset)})
+    if unknown:  # a registration mistake, not a user's: name the function
+        raise TypeError(f"{registry.kind} {value!r} ({entry.function.__qualname__}) reads {unknown}, "
+                        "which are not Preset fields; add them to Preset")
+    for name, needed in entry.requires.items():
+        if getattr(p, name) != needed:
+            raise ValueError(f"Preset {p.name!r}: {registry.preset_field}={value!r} needs {name}={needed!r}, "
+                             f"got {getattr(p, name)!r}")
 
 
 def _check_field_names(cls: type, changes: dict[str, Any], what: str) -> None:
@@ -217,7 +248,56 @@ GRPO_2 = GRPO.replace(
     std="population",
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (GRPO, DR_GRPO, DAPO, GSPO, GSPO_TOKEN, BNPO, CISPO, GRPO_2)}
+# SAPO (arXiv 2511.20347): the objective is (1/G) Σ_i (1/|y_i|) Σ_t f(r_{i,t})·A_i, GRPO's per-sequence mean,
+# with no KL term; τ_pos = 1, τ_neg = 1.05 are the paper's and verl's defaults (Preset.tau_pos/tau_neg).
+SAPO = GRPO.replace(
+    name="sapo",
+    summary="SAPO (Qwen): soft sigmoid gate (τ+ 1, τ− 1.05) instead of the hard clip, per-sequence mean, no KL",
+    surrogate="sapo",
+    beta=0.0,
+)
+# GMPO (arXiv 2507.20673): token log-ratios clipped to (−0.4, 0.4), the paper's range (ratios within
+# (e^−0.4, e^0.4), wider than GRPO's since a geometric mean moves less than its largest factor); one loss per
+# sequence, so GRPO's per-sequence mean is the paper's mean over sequences (verl: torch.mean of pg_losses).
+# β = 0 like the other recent presets; set `beta` to add a KL term.
+GMPO = GRPO.replace(
+    name="gmpo",
+    summary="GMPO: geometric mean of token ratios over the sequence, log-ratio clipped to ±0.4, no KL",
+    surrogate="gmpo",
+    eps_low=0.4,
+    eps_high=0.4,
+    beta=0.0,
+)
+# GPG (arXiv 2504.02546): REINFORCE with the corrected group advantage, token mean (verl's gpg recipe), no KL and
+# no reference model. On-policy by construction: keep training.num_iterations = 1 and one mini-batch.
+GPG = GRPO.replace(
+    name="gpg",
+    summary="GPG: −A·log π (no ratio, no clip) with GPG's corrected group advantage, token mean, no KL",
+    surrogate="gpg",
+    advantage="gpg",
+    aggregation="token_mean",
+    beta=0.0,
+)
+
+# PPO with a learned critic, RLHF-style (InstructGPT 2203.02155; "The N Implementation Details of RLHF with PPO"):
+# one completion per prompt; the outcome reward on the last token and −β·k1 to the reference on every token
+# (kl_in_reward); GAE(γ = 1, λ = 0.95) over a critic's values, whitened over the batch; the core's clipped
+# surrogate (ε 0.2) and token mean; the critic's value clipped to ±0.2 of its rollout-time value. The critic is
+# trained by grpokit.trainers.ppo (a copy of the policy's body with a zero-initialised value head).
+PPO = GRPO.replace(
+    name="ppo",
+    summary="PPO: learned critic, GAE(γ 1, λ 0.95), value clip 0.2, per-token KL reward (β 0.05), G=1, token mean",
+    advantage="gae",
+    num_generations=1,
+    beta=0.05,
+    kl_estimator="k1",
+    kl_in_reward=True,
+    aggregation="token_mean",
+)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p for p in (GRPO, DR_GRPO, DAPO, GSPO, GSPO_TOKEN, BNPO, CISPO, GRPO_2, SAPO, GMPO, GPG, PPO)
+}
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:

@@ -4,7 +4,8 @@
 - `gold`: gold-vs-proxy scores of one set of held-out completions.
 - `callbacks`: trainer callbacks that feed the alarms and warn, stop, or restore the best-gold
   checkpoint; `with_guards(config, callbacks)` builds them from a config.
-- `events`: the run's `alarms.jsonl`.
+- the run's `alarms.jsonl`, where the callbacks record what fired, lives with the other logs in
+  `grpokit.monitoring.events`.
 - `state`: what a checkpoint remembers of the guards (windows, best gold) and how the run ended.
 
 Importing this package imports no model library and nothing of the trainers.
@@ -34,11 +35,8 @@ from grpokit.guards.config import (
     OverOptimizationGuardConfig,
     RatioGuardConfig,
 )
-from grpokit.guards.events import ALARMS_FILENAME, read_events, record_event, truncate_events_after
 
 __all__ = [
-    "ALARMS_FILENAME",
-    "truncate_events_after",
     "BEST_TAG",
     "Alarm",
     "EntropyCollapseAlarm",
@@ -55,8 +53,6 @@ __all__ = [
     "act",
     "build_guards",
     "least_squares_slope",
-    "read_events",
-    "record_event",
     "window_change",
     "with_guards",
 ]

@@ -8,6 +8,8 @@ callback may add keys to the metrics it receives (they are logged with them) and
 
 Actions (see `grpokit.guards.config`): "warn" logs and records the alarm; "stop" ends the run
 after this step; "restore_best" loads the best-gold checkpoint's policy weights, then stops.
+
+Guards act on a trainer only through :class:`GuardedTrainer` (they import no trainer).
 """
 
 from __future__ import annotations
@@ -15,17 +17,37 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from pathlib import Path
+from typing import Protocol
 
 from grpokit.guards.alarms import Alarm, EntropyCollapseAlarm, OverOptimizationAlarm, RatioDriftAlarm
 from grpokit.guards.config import ACTIONS
-from grpokit.guards.events import record_event
+from grpokit.monitoring.events import record_event
 
 log = logging.getLogger("grpokit.guards")
 
 BEST_TAG = "best"  # checkpoints/best: the policy with the highest gold score so far
 
 
-def act(trainer, alarm: Alarm, action: str, metrics: dict | None = None) -> int | None:
+class GuardedTrainer(Protocol):
+    """What a guard's action needs of the trainer it watches (the LM and flow trainers have it).
+
+    The gold guard also samples held-out completions through the trainer's `engine`, `policy.tokenizer`,
+    `eval_data`, `reward_runner` and `sampling_params` (an LM trainer's).
+    """
+
+    run_dir: Path  # alarms.jsonl goes here
+    should_stop: bool  # set to end the run after this step
+    stop_reason: dict | None  # the first stopping alarm, saved with the final checkpoint
+
+    def save_tagged_checkpoint(self, tag: str) -> Path:
+        """The current weights as `checkpoints/<tag>`, never pruned."""
+
+    def restore_weights(self, tag: str) -> int | None:
+        """Load the policy weights of `checkpoints/<tag>` in place; its step, or None when there is none."""
+
+
+def act(trainer: GuardedTrainer, alarm: Alarm, action: str, metrics: dict | None = None) -> int | None:
     """Log and record `alarm`, then apply `action`; returns the restored checkpoint's step, if any."""
     if action not in ACTIONS:
         raise ValueError(f"unknown guard action {action!r}; choose from {ACTIONS}")
@@ -48,9 +70,7 @@ def act(trainer, alarm: Alarm, action: str, metrics: dict | None = None) -> int 
         if getattr(trainer, "stop_reason", None) is None or action == "restore_best":
             trainer.stop_reason = reason
     if action == "restore_best":
-        from grpokit.trainers.lm_state import restore_weights
-
-        restored_step = restore_weights(trainer, BEST_TAG)
+        restored_step = trainer.restore_weights(BEST_TAG)
         if restored_step is None:
             log.warning(
                 "no best-gold checkpoint to restore (set gold.rewards); stopping with the current weights"
@@ -178,9 +198,7 @@ class GoldGuard:
         if math.isfinite(gold) and gold > self.best_gold:
             self.best_gold, self.best_step = gold, step
             if self.keep_best:
-                from grpokit.trainers.lm_state import save_checkpoint
-
-                save_checkpoint(trainer, tag=BEST_TAG)
+                trainer.save_tagged_checkpoint(BEST_TAG)
         metrics["gold/best"] = self.best_gold
         metrics["gold/best_step"] = float(self.best_step if self.best_step is not None else step)
         if self.alarm is None:

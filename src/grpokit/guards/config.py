@@ -33,7 +33,7 @@ class EntropyGuardConfig:
     window: int = 10  # steps in the fitted slope
     patience: int = 1  # consecutive steps below the floor before the alarm
     metric: str = "train/entropy_mean"  # e.g. train/high_adv_entropy_mean or train/entropy_p10
-    action: Action = "warn"
+    action: Action = "warn"  # what the alarm does when it fires (see `guards`)
 
     def __post_init__(self) -> None:
         _check_window("entropy", self.window, self.patience)
@@ -52,7 +52,7 @@ class OverOptimizationGuardConfig:
     min_gold_fall: float = 0.0  # fitted gold change across the window must be below −this
     min_drop_from_best: float = 0.0  # and gold must be at least this far below its best
     patience: int = 1  # consecutive evaluations meeting all three
-    action: Action = "warn"
+    action: Action = "warn"  # what the alarm does when it fires (see `guards`)
 
     def __post_init__(self) -> None:
         _check_window("over_optimization", self.window, self.patience)
@@ -66,7 +66,7 @@ class RatioGuardConfig:
     max_std: float | None = None  # train/ratio_std limit
     max_clip_frac: float | None = 0.2  # train/clip_frac_low + train/clip_frac_high limit
     patience: int = 3  # consecutive steps out of bounds before the alarm
-    action: Action = "warn"
+    action: Action = "warn"  # what the alarm does when it fires (see `guards`)
 
     def __post_init__(self) -> None:
         _check_window("ratio", 2, self.patience)
@@ -74,9 +74,13 @@ class RatioGuardConfig:
 
 @dataclass
 class GuardsConfig:
-    entropy: EntropyGuardConfig = field(default_factory=EntropyGuardConfig)
-    over_optimization: OverOptimizationGuardConfig = field(default_factory=OverOptimizationGuardConfig)
-    ratio: RatioGuardConfig = field(default_factory=RatioGuardConfig)
+    """Alarms that watch the run, and what each does when it fires: off, warn (logged to alarms.jsonl),
+    stop (ends the run after the step) or restore_best (loads the best-gold checkpoint, then stops)."""
+
+    entropy: EntropyGuardConfig = field(default_factory=EntropyGuardConfig)  # entropy collapse
+    over_optimization: OverOptimizationGuardConfig = field(  # proxy reward up while gold goes down
+        default_factory=OverOptimizationGuardConfig)
+    ratio: RatioGuardConfig = field(default_factory=RatioGuardConfig)  # importance ratios drifting from 1
     # A rerun of a run that a guard stopped (action stop or restore_best) says so and does not train;
     # true (or `grpokit train --continue`) trains on from its last checkpoint, the guards re-armed.
     continue_after_stop: bool = False

@@ -1,7 +1,10 @@
 """The language-model trainer's config: one typed dataclass per YAML section.
 
-Every default is documented where it is defined. Load with `load_lm_config(path, overrides)`;
-unknown keys, wrong types and values outside an allowed set are errors naming the field.
+Every default is documented where it is defined: a field's comment (the lines right above it and the end of
+its line) is its help text in `grpokit config` and docs/config.md (`grpokit.config_docs`; a test fails when a
+field has none or the file is stale). Load with `load_lm_config(path, overrides)`; unknown keys, wrong types
+and values outside an allowed set are errors naming the field. Sections the flow trainer shares (rewards,
+LoRA, logging, checkpoint) live in `grpokit.config_sections`.
 """
 
 from __future__ import annotations
@@ -10,27 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from grpokit.config_schema import ConfigError, apply_overrides, from_dict
+from grpokit.config_schema import ConfigError, apply_overrides, checked_overrides, from_dict
+from grpokit.config_sections import CheckpointConfig, LoggingConfig, LoraConfig, RewardConfig
 from grpokit.guards.config import GuardsConfig
 
 
 @dataclass
-class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: Any = "all-linear"  # "all-linear" or a list of module names
-
-
-@dataclass
 class ModelConfig:
+    """The policy: a causal LM loaded with transformers (optionally with LoRA)."""
+
     name_or_path: str = ""  # local directory or hub id (AutoModelForCausalLM)
     gguf_file: str | None = None  # a .gguf file inside name_or_path, dequantized on load
     tokenizer: str | None = None  # defaults to name_or_path
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    gradient_checkpointing: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter dtype of the trained policy
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     lora: LoraConfig | None = None  # None = full fine-tuning
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repository's own Python code (transformers' flag)
 
 
 @dataclass
@@ -50,7 +48,7 @@ class ReasoningGymConfig:
     tasks: list[ReasoningGymTaskConfig] = field(default_factory=list)  # several tasks, mixed by weight
     size: int = 1000  # training rows
     eval_size: int = 200  # held-out rows (0 = none)
-    seed: int = 0
+    seed: int = 0  # generator seed: the same seed gives the same rows
     instruction: str = "Give the final answer inside <answer></answer> tags."  # appended to each question
 
     def __post_init__(self) -> None:
@@ -65,12 +63,14 @@ class ReasoningGymConfig:
 
 @dataclass
 class DataConfig:
+    """The prompts: a file of rows (a prompt column plus any columns the rewards read) or generated rows."""
+
     path: str = ""  # JSONL, CSV, Parquet or a `datasets.save_to_disk` directory
     reasoning_gym: ReasoningGymConfig | None = None  # generated rows instead of `path` (and `eval_path`)
     prompt_column: str = "prompt"  # text or chat messages
     required_columns: list[str] = field(default_factory=list)  # checked on every row before training
     eval_path: str | None = None  # held-out prompts for evaluation
-    shuffle: bool = True
+    shuffle: bool = True  # shuffle the prompts at each epoch (uniform sampling); False = file order
     # Prompt length in tokens (of the rendered prompt, chat template included), checked on every row before
     # training. The limit is the smaller of this and the model's context (max_position_embeddings) minus
     # rollout.max_new_tokens; None = the model's context only.
@@ -81,18 +81,17 @@ class DataConfig:
 
 
 @dataclass
-class RewardConfig:
-    function: str = ""  # built-in name, "module:function" or "path/to/file.py:function"
-    name: str | None = None  # how it is logged; defaults to the function's name
-    weight: float = 1.0
-    kwargs: dict = field(default_factory=dict)
-    timeout_seconds: float | None = None  # seconds per batch call; None = the config's rewards_timeout_seconds
-
-
-@dataclass
 class AlgorithmConfig:
+    """The GRPO-family variant: a preset and the fields it changes."""
+
     preset: str = "grpo"  # see `grpokit presets`
-    overrides: dict = field(default_factory=dict)  # any Preset field, e.g. {eps_high: 0.28}
+    # Preset fields to change, e.g. {eps_high: 0.28}; names and types are checked when the config loads.
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from grpokit.algorithms.presets import Preset
+
+        self.overrides = checked_overrides([Preset], self.overrides, "algorithm.overrides")
 
 
 @dataclass
@@ -135,21 +134,25 @@ class AgentConfig:
 
 @dataclass
 class RolloutConfig:
+    """How completions are generated: the engine, G and the sampling parameters."""
+
     # inprocess: the policy samples itself; vllm_colocate: a vLLM LLM in this process; vllm_server: a
     # `grpokit vllm-serve` server at rollout.vllm.server_url. With a vLLM engine the preset's behaviour
     # correction defaults to truncated IS (token level, cap 2) unless algorithm.overrides sets
     # behaviour_correction (e.g. "none").
     engine: Literal["inprocess", "vllm_colocate", "vllm_server"] = "inprocess"
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # options of the vLLM engines
     # Before the first update, the trainer recomputes the sampled tokens' log-probs and fails when the
     # mean |log π_trainer − log μ_engine| over tokens exceeds this (wrong weights, dtype or template).
     mismatch_tolerance: float = 0.05
-    num_generations: int | None = None  # G; None = the preset's
-    prompts_per_step: int = 16
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
+    # G, completions per prompt; None = the preset's (8 for grpo). The one place to set G: the trainer, the
+    # adaptive sampler (its reference group size) and the advantages all read it from here.
+    num_generations: int | None = None
+    prompts_per_step: int = 16  # prompts rolled out per training step (the batch is prompts_per_step × G)
+    max_new_tokens: int = 256  # completion length limit; a completion cut here finishes with "length"
+    temperature: float = 1.0  # sampling temperature (also divides the trainer's logits); 0 = greedy
+    top_p: float = 1.0  # nucleus sampling: the smallest token set with this much probability; 1 = off
+    top_k: int = 0  # sample from the k most likely tokens only; 0 = off
     max_dynamic_sampling_rounds: int = 4  # DAPO: extra generation rounds to fill the batch
     agent: AgentConfig | None = None  # multi-turn episodes with tools / an environment; None = one turn
 
@@ -164,7 +167,7 @@ class SamplingConfig:
     a rollout budget into per-prompt G_i ≥ min_group_size.
     """
 
-    strategy: Literal["uniform", "adaptive"] = "uniform"
+    strategy: Literal["uniform", "adaptive"] = "uniform"  # which prompts a step rolls out (see above)
     rollouts_per_step: int | None = None  # adaptive budget Σ_i G_i; None = prompts_per_step × G (as uniform)
     min_group_size: int = 2  # no group smaller: a single completion has no advantage
     max_group_size: int | None = None  # None = 2 × G
@@ -172,7 +175,7 @@ class SamplingConfig:
     # Beta prior of every prompt's pass rate. Jeffreys (½, ½) rather than uniform (1, 1): the pass rates
     # of a prompt pool pile up at 0 and 1, so one all-equal group should already count for a lot.
     prior_alpha: float = 0.5
-    prior_beta: float = 0.5
+    prior_beta: float = 0.5  # β of the Beta prior (see prior_alpha)
     # λ: α ← λ·α + s, β ← λ·β + (n − s) at each update of a prompt, so an older policy's evidence fades;
     # 1 = never forget (in the bench: R 0.93 instead of 0.64).
     discount: float = 0.9
@@ -183,6 +186,10 @@ class SamplingConfig:
     score: Literal["thompson", "expected"] = "thompson"
     skip_below: float = 0.25  # skip prompts whose chance of an informative group (mean G) is below this
     revisit_floor: float = 0.05  # share of each batch drawn uniformly from all prompts, skipped ones included
+    # Each prompt at most once per epoch (drawn ones rank behind the undrawn informative ones); off, the best
+    # scorers are drawn step after step and overfit (bench/adaptive_sampling.py: area under the held-out
+    # accuracy curve 58.2 instead of 59.5, final accuracy 0.9 points lower, over 5 seeds).
+    epoch_coverage: bool = True
     calibration_bins: int = 5  # bins of the logged predicted-vs-observed pass rates
 
     def __post_init__(self) -> None:
@@ -201,19 +208,43 @@ class SamplingConfig:
 
 
 @dataclass
+class AsyncConfig:
+    """Asynchronous off-policy GRPO (`grpokit.trainers.async_rollouts`): a producer (process or thread) with its
+    own copy of the weights generates and scores step s's groups with policy version s − k while the trainer
+    updates; the loss corrects with the preset's behaviour IS (truncated IS by default). See docs/async.md."""
+
+    # k: step s trains on groups sampled by the policy after update s − k (exactly, so runs and resumes are
+    # reproducible); 0 = the synchronous loop (sample, then update), bit for bit as without this section.
+    max_staleness: int = 0
+    # Groups older than max_staleness (e.g. queued by a run with a larger k, resumed with a smaller one):
+    # "drop" skips them (their prompts count as used), "downweight" scales their advantages (stale_weight).
+    stale_policy: Literal["drop", "downweight"] = "drop"
+    stale_weight: float = 0.5  # downweight: advantages × stale_weight^(staleness − max_staleness)
+    # Where the producer runs: "process", forked (Linux), with its own interpreter lock, so the Python side
+    # of sampling and scoring overlaps training too; "thread", in this process (overlaps only inside torch
+    # ops; no fork). bench/async_pipeline.py measures both.
+    producer: Literal["process", "thread"] = "process"
+    # torch threads of the producer; None = the trainer's (training.num_threads). When updating takes longer
+    # than sampling, the trainer may deserve more of the cores than the producer (docs/async.md).
+    producer_threads: int | None = None
+
+
+@dataclass
 class TrainingConfig:
-    max_steps: int = 100
+    """The optimizer (AdamW), the schedule and how each rollout batch is split into updates."""
+
+    max_steps: int = 100  # training steps (one rollout batch each)
     num_iterations: int = 1  # μ: passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass (the batch split into this many parts)
     micro_batch_size: int = 8  # sequences per forward/backward (gradient accumulation)
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    warmup_steps: int = 0
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    learning_rate: float = 1e-6  # AdamW's peak learning rate
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    adam_beta1: float = 0.9  # AdamW's β1
+    adam_beta2: float = 0.99  # AdamW's β2
+    warmup_steps: int = 0  # linear warm-up to learning_rate over this many training steps
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up; linear/cosine reach 0 at max_steps
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this before each optimizer step
+    seed: int = 0  # seeds torch, the prompt order and sampling: the same seed reproduces a run
     # Positions per chunk of the chunked log-prob/entropy pass. 128 keeps a [chunk, 32k-vocab] float32 temporary
     # (16 MiB) under glibc's 32 MiB mmap ceiling, so CPU runs reuse it instead of page-faulting a fresh buffer
     # each time (measured on a 32k-vocab model: -25% training time, sys time 3.3 s -> 0.8 s per step).
@@ -226,17 +257,21 @@ class TrainingConfig:
     # overrides it); None = torch's default (all cores). On a CPU shared by several processes or runs, one
     # thread per process is usually fastest: small matmuls do not pay for thread synchronisation.
     num_threads: int | None = None
+    # Asynchronous off-policy GRPO: generation overlapped with training when async.max_staleness > 0.
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
 
 
 @dataclass
 class EvalConfig:
+    """Held-out evaluation (data.eval_path): accuracies in percent, before, during and after training."""
+
     every_steps: int = 0  # 0 = only before and after training
-    num_prompts: int = 100
+    num_prompts: int = 100  # the first N held-out prompts
     samples_per_prompt: int = 4  # k for pass@k / mean@k
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling temperature of the k samples
     greedy: bool = True  # also report greedy accuracy
     reward: str | None = None  # reward name scored as accuracy (> threshold); default the first
-    success_threshold: float = 0.5
+    success_threshold: float = 0.5  # a completion is correct when its eval.reward score is above this
 
 
 @dataclass
@@ -251,39 +286,12 @@ class GoldConfig:
 
 
 @dataclass
-class LoggingConfig:
-    run_dir: str = "runs/grpo"
-    tensorboard: bool = True
-    wandb_project: str | None = None
-    progress: bool = True
-    plot: bool = True  # draw metrics.png at the end
-    # The completions log `run_dir/samples.jsonl` (see grpokit.monitoring.samples): every `samples_every`
-    # steps the prompts, completions, per-reward scores, total reward and advantage of the step's first
-    # `samples_per_log` groups (0 = off); at every evaluation the greedy completions and scores of the
-    # first `eval_samples` held-out prompts (the same prompts every time, so they can be followed).
-    samples_every: int = 10
-    samples_per_log: int = 2
-    eval_samples: int = 4
-
-    def __post_init__(self) -> None:
-        for name in ("samples_every", "samples_per_log", "eval_samples"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"logging.{name}: must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 0  # 0 = only at the end
-    keep_last: int = 2
-    save_merged_lora: bool = False  # LoRA: merged weights instead of the adapter only
-    resume: bool = True  # continue from run_dir's latest checkpoint when there is one
-
-
-@dataclass
 class LMTrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rewards: list[RewardConfig] = field(default_factory=list)
+    """A language-model training run (`grpokit train config.yaml`)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy to train
+    data: DataConfig = field(default_factory=DataConfig)  # the training (and held-out) prompts
+    rewards: list[RewardConfig] = field(default_factory=list)  # at least one; the total is their weighted sum
     # A reward that raises, times out, or returns a wrong length, a non-number, inf or NaN: "stop" ends the run
     # naming the reward and the sample; "none" scores it None instead (a failed call: the whole batch; a NaN:
     # that sample) with a warning and counts in metrics (rewards/<name>/errors, rewards/<name>/nan_count).
@@ -291,15 +299,15 @@ class LMTrainConfig:
     # Bound on one reward call on one batch, for every reward without its own timeout_seconds; null = none.
     # Rewards that must run in the main thread (math_verify: per-sample signal timeouts) are exempt.
     rewards_timeout_seconds: float | None = 60.0
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    gold: GoldConfig = field(default_factory=GoldConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)  # the preset and its overrides
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # generation: engine, G, sampling parameters
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # which prompts each step rolls out
+    training: TrainingConfig = field(default_factory=TrainingConfig)  # optimizer, schedule, batch split
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out accuracy
+    gold: GoldConfig = field(default_factory=GoldConfig)  # rewards scored but never optimized
     guards: GuardsConfig = field(default_factory=GuardsConfig)  # alarms and their actions
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # run directory and logs
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving and resuming
 
     def __post_init__(self) -> None:
         for name, value, allowed, bound in _bounds(self):
@@ -340,6 +348,9 @@ def _bounds(c: LMTrainConfig) -> list[tuple[str, Any, Any, str]]:
         ("training.max_grad_norm", c.training.max_grad_norm, positive),
         ("training.logprob_chunk_size", c.training.logprob_chunk_size, at_least(1)),
         ("training.num_threads", c.training.num_threads, at_least(1)),
+        ("training.async.max_staleness", c.training.async_.max_staleness, at_least(0)),
+        ("training.async.producer_threads", c.training.async_.producer_threads, at_least(1)),
+        ("training.async.stale_weight", c.training.async_.stale_weight, ((lambda v: 0 <= v <= 1), "in [0, 1]")),
         ("data.max_prompt_tokens", c.data.max_prompt_tokens, at_least(1)),
         ("eval.every_steps", c.eval.every_steps, at_least(0)),
         ("eval.num_prompts", c.eval.num_prompts, at_least(0)),
@@ -382,21 +393,53 @@ def load_lm_config(source: str | Path | dict, overrides: list[str] | None = None
                           "or data.reasoning_gym")
     if not config.rewards:
         raise ConfigError("rewards: at least one reward is required")
-    _check_group_size(config)
+    g_field = _move_num_generations_to_rollout(config)
+    _check_group_size(config, resolved_preset(config), g_field)  # resolved here: bad preset values fail at load
     return config
 
 
-def _check_group_size(config: LMTrainConfig) -> None:
+def resolved_preset(config: LMTrainConfig):
+    """The configured preset with `algorithm.overrides` applied and G = `rollout.num_generations` when set."""
+    import dataclasses
+
+    from grpokit.algorithms.presets import get_preset
+
+    try:
+        preset = get_preset(config.algorithm.preset, **config.algorithm.overrides)
+    except ValueError as error:
+        raise ConfigError(f"algorithm: {error}") from error
+    if config.rollout.num_generations is not None:
+        preset = dataclasses.replace(preset, num_generations=config.rollout.num_generations)
+    return preset
+
+
+def _move_num_generations_to_rollout(config: LMTrainConfig) -> str:
+    """G has one home, `rollout.num_generations`; older configs set it as `algorithm.overrides.num_generations`,
+    which is moved there with a warning. Returns the field the user wrote G in (for error messages)."""
+    import warnings
+
+    old = config.algorithm.overrides.pop("num_generations", None)
+    if old is None:
+        return "rollout.num_generations"
+    new = config.rollout.num_generations
+    if new is not None and new != old:
+        raise ConfigError(f"algorithm.overrides.num_generations ({old}) disagrees with rollout.num_generations "
+                          f"({new}); G is set in rollout.num_generations only")
+    warnings.warn("algorithm.overrides.num_generations: G is set as rollout.num_generations now; the override is "
+                  "read for now", FutureWarning, stacklevel=3)
+    config.rollout.num_generations = old
+    return "algorithm.overrides.num_generations"
+
+
+def _check_group_size(config: LMTrainConfig, preset, g_field: str) -> None:
     """Every preset's advantage compares a completion with the others of its group (z-score, mean-centred,
     RLOO): with G = 1 it is 0 and the run would learn nothing."""
-    from grpokit.trainers.lm_build import build_preset  # lm_build imports this module
-
     if config.sampling.strategy == "adaptive":  # the sampler picks G_i >= sampling.min_group_size >= 2
         return
-    preset = build_preset(config)
+    if preset.advantage == "gae":  # PPO: a learned critic is the baseline; one completion per prompt suffices
+        return
     if preset.num_generations < 2:
-        field_name = ("rollout.num_generations" if config.rollout.num_generations is not None
-                      else "algorithm.overrides.num_generations")
+        field_name = g_field
         raise ConfigError(f"{field_name}: must be >= 2 for preset {preset.name!r}, got {preset.num_generations}: "
                           f"its {preset.advantage!r} advantage compares completions within a group, so with one "
                           "completion per prompt every advantage is 0 and nothing is learned")

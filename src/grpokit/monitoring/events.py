@@ -26,7 +26,7 @@ def record_event(run_dir: str | Path, event: dict[str, Any]) -> Path:
         with open(path, "a", encoding="utf-8") as handle:  # one whole line, flushed at close
             handle.write(line + "\n")
     except OSError as error:
-        from grpokit.run_dir import io_error
+        from grpokit.io_errors import io_error
 
         raise io_error(error, path) from error
     return path

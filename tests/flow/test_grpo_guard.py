@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from grpokit.flow.guard import ratio_norm_log_ratio, step_balancing_weights
+from grpokit.flow.grpo_guard import ratio_norm_log_ratio, step_balancing_weights
 from grpokit.flow.sde import gaussian_log_prob, sde_noise_levels, sde_step_mean_std, time_grid
 
 

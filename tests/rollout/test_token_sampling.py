@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpokit.rollout.sampling import inverse_cdf_sample, sample_next_tokens
+from grpokit.rollout.token_sampling import inverse_cdf_sample, sample_next_tokens
 
 # 1 − 2⁻⁵³: the largest float64 below 1, the top end of torch.rand's range
 ALMOST_ONE = math.nextafter(1.0, 0.0)
