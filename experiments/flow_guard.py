@@ -1,15 +1,24 @@
 """Flow-GRPO vs GRPO-Guard on the CPU digits task: does the guard curb over-optimization?
 
 Both presets fine-tune the same pre-trained digits flow model (``grpokit.flow.demo.FlowDemoRecipe``: lr 3e-4,
-10 SDE steps, 4 optimizer steps per rollout batch, no KL, clips scaled to D = 64) on the gameable proxy
-(a linear classifier's margin), with the same seeds, budget and hyper-parameters. Gold scores (an
-independent classifier and realism against the data set, at held-out noise) are never trained on.
-The budget was calibrated on plain Flow-GRPO alone — lr and steps such that its gold score falls well
-below its peak while the proxy still rises — before the guard was run with the same settings.
+10 SDE steps, 4 optimizer steps per rollout batch, clips scaled to D = 64) on the gameable proxy
+(a linear classifier's margin), with the same seeds, budget and hyper-parameters — the same small KL to
+the reference too (β = 0.005, the Gaussian KL of every step's means). Gold scores (an independent
+classifier and realism against the data set, at held-out noise) are never trained on. The budget was
+calibrated on plain Flow-GRPO alone — lr and steps such that its gold score falls well below its peak
+while the proxy still rises — before the guard was run with the same settings.
+
+Why the KL (issue 19): without it (the `*_no_kl` rows, this experiment's first version) the guard only
+*delays* over-optimization — a clip bounds each update against the sampling policy, nothing bounds the
+drift from the reference — and tighter clips (½, ¼ of ε) or an SDE window on top of the guard move the gold
+at a given proxy level hardly at all. A KL at every step anchors the policy (the mean-form KL
+‖Δμ‖²/(2s²D) weighs the low-noise steps most, where the realism is lost; the KL on the 3 noisiest steps only
+changed nothing). With it, the guard keeps the gold nearly flat over this budget (in 250-step runs it falls
+after step ~150, later and less than without), and Flow-GRPO with the same KL does not.
 
 Two ablations tell the guard's parts apart: RatioNorm without balancing, balancing without RatioNorm.
 
-Run: ``.venv/bin/python experiments/flow_guard.py`` (~8 minutes on one CPU thread). Writes
+Run: ``.venv/bin/python experiments/flow_guard.py`` (18 runs, ~3 minutes on one CPU thread; 143 s measured). Writes
 ``outputs/flow_guard/``: per-run metrics.jsonl, ``flow_guard.png`` (copied to docs/images/), sample grids.
 Last line: ``flow_guard: proxy_gain_base=… proxy_gain_guard=… gold_drop_base=… gold_drop_guard=…
 ratio_mean_base=… ratio_mean_guard=…``.
@@ -38,12 +47,15 @@ from grpokit.flow.rewards import digit_scorer  # noqa: E402
 
 SEEDS = (0, 1, 2)
 RECIPE = FlowDemoRecipe(steps=100, eval_every=10, eval_samples_per_prompt=20)
-# name -> (preset, overrides of the guard switches)
+KL = 0.005  # β of the KL to the reference, for every variant but the *_no_kl ones (the recipe has β = 0)
+# name -> (preset, overrides of the guard switches and β)
 VARIANTS = {
-    "flow_grpo": ("flow_grpo", {}),
-    "flow_grpo_guard": ("flow_grpo_guard", {}),
-    "ratio_norm_only": ("flow_grpo_guard", {"step_balancing": False}),
-    "balancing_only": ("flow_grpo", {"step_balancing": True}),
+    "flow_grpo": ("flow_grpo", {"beta": KL}),
+    "flow_grpo_guard": ("flow_grpo_guard", {"beta": KL}),
+    "ratio_norm_only": ("flow_grpo_guard", {"step_balancing": False, "beta": KL}),
+    "balancing_only": ("flow_grpo", {"step_balancing": True, "beta": KL}),
+    "flow_grpo_no_kl": ("flow_grpo", {}),
+    "guard_no_kl": ("flow_grpo_guard", {}),
 }
 GOLD, PROXY = "eval/gold/score", "eval/reward/mean"
 
@@ -99,6 +111,8 @@ def plot(results: dict[str, dict[int, list[dict]]], path: Path) -> None:
         "flow_grpo_guard": "tab:blue",
         "ratio_norm_only": "tab:cyan",
         "balancing_only": "tab:orange",
+        "flow_grpo_no_kl": "tab:pink",
+        "guard_no_kl": "tab:purple",
     }
     for variant, runs in results.items():
         style = {
@@ -164,7 +178,8 @@ def plot(results: dict[str, dict[int, list[dict]]], path: Path) -> None:
     axes[1][0].axhline(1.0, color="grey", lw=0.8)
     axes[1][2].set_yscale("log")
     figure.suptitle(
-        f"Flow-GRPO vs GRPO-Guard, digits flow model, {len(SEEDS)} seeds (band: min-max)", fontsize=11
+        f"Flow-GRPO vs GRPO-Guard (both with KL β={KL:g}), digits flow model, {len(SEEDS)} seeds (band: min-max)",
+        fontsize=11,
     )
     figure.savefig(path)
 

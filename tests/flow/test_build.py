@@ -26,7 +26,7 @@ def test_train_command_runs_a_flow_config(tmp_path, monkeypatch, tiny_digits_mod
     config.write_text(
         "trainer: flow\n"
         f"rewards: [{{function: '{reward_file}:dark'}}]\n"
-        "sampling: {prompts_per_step: 2, num_generations: 2, num_steps: 2, eval_num_steps: 2}\n"
+        "rollout: {prompts_per_step: 2, num_generations: 2, num_steps: 2, eval_num_steps: 2}\n"
         "training: {max_steps: 1}\n"
         "eval: {samples_per_prompt: 1}\n"
         f"logging: {{run_dir: '{tmp_path / 'run'}', tensorboard: false, progress: false, plot: false}}\n"
@@ -35,7 +35,7 @@ def test_train_command_runs_a_flow_config(tmp_path, monkeypatch, tiny_digits_mod
     monkeypatch.setattr(rewards, "digit_scorer", lambda **kwargs: _StubScorer())
     assert main(["train", str(config)]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [0, 1]
+    assert [r["step"] for r in records] == [0, 1, 1]  # the final evaluation is a record of its own
     assert records[-1]["eval/gold/score"] == 0.5 and "eval/rewards/dark/mean" in records[-1]
     assert main(["eval", str(config)]) == 0  # evaluates the latest checkpoint
 
@@ -52,7 +52,7 @@ def test_flow_eval_is_read_only_and_says_which_weights(tmp_path, monkeypatch, ca
     config.write_text(
         "trainer: flow\n"
         "rewards: [{function: 'tests.flow.conftest:brightness'}]\n"
-        "sampling: {prompts_per_step: 2, num_generations: 2, num_steps: 2, eval_num_steps: 2}\n"
+        "rollout: {prompts_per_step: 2, num_generations: 2, num_steps: 2, eval_num_steps: 2}\n"
         "training: {max_steps: 1}\n"
         "eval: {samples_per_prompt: 1}\n"
         f"logging: {{run_dir: '{tmp_path / 'run'}', tensorboard: false, progress: false, plot: false}}\n"

@@ -124,7 +124,7 @@ def test_tiny_sd3_rollout_and_update_step_trains_only_lora(tiny_sd3, tmp_path):
             "data": {"path": "<in memory>"},
             "rewards": [{"function": "unused:placeholder"}],
             "algorithm": {"preset": "flow_grpo_guard", "overrides": {"beta": 0.04}},
-            "sampling": {"prompts_per_step": 1, "num_generations": 2, "num_steps": 2, "eval_num_steps": 2},
+            "rollout": {"prompts_per_step": 1, "num_generations": 2, "num_steps": 2, "eval_num_steps": 2},
             "training": {"max_steps": 1, "learning_rate": 1e-2, "mini_batches": 2},
             "eval": {"samples_per_prompt": 1},
             "logging": {"run_dir": str(tmp_path), "tensorboard": False, "progress": False, "plot": False},

@@ -20,7 +20,7 @@ def _config(run_dir, preset="flow_grpo", shift=1.0, **training):
             "model": {"shift": shift},
             "rewards": [{"function": "unused:placeholder"}],
             "algorithm": {"preset": preset, "overrides": {"beta": 0.01}},
-            "sampling": {"prompts_per_step": 3, "num_generations": 4, "num_steps": 4, "eval_num_steps": 4},
+            "rollout": {"prompts_per_step": 3, "num_generations": 4, "num_steps": 4, "eval_num_steps": 4},
             "training": {"max_steps": 2, "learning_rate": 1e-3, "mini_batches": 2, **training},
             "eval": {"samples_per_prompt": 2},
             "logging": {"run_dir": str(run_dir), "tensorboard": False, "progress": False, "plot": False},
@@ -50,7 +50,7 @@ def test_training_logs_per_step_diagnostics_grids_and_a_checkpoint(
     before = [p.detach().clone() for p in trainer.parameters]
     trainer.train()
     records = _records(tmp_path / "flow_grpo")
-    assert [r["step"] for r in records] == [0, 1, 2]
+    assert [r["step"] for r in records] == [0, 1, 2, 2]  # the final evaluation: a record of its own
     step = records[1]
     for k in range(4):
         for name in (
@@ -79,7 +79,7 @@ def test_guard_clips_the_normalised_ratio_and_balances_step_gradients(
     # SD3's shift 3 makes |dt| vary ~4x over the grid, so unbalanced steps get very different gradients.
     trainer = _trainer(tmp_path, tiny_digits_model, brightness_reward, preset="flow_grpo_guard", shift=3.0)
     trainer.train()
-    for step in _records(tmp_path / "flow_grpo_guard")[1:]:
+    for step in [r for r in _records(tmp_path / "flow_grpo_guard") if "train/loss" in r]:
         assert step["train/ratio_mean"] == step["train/normed_ratio_mean"]
         assert step["train/clip_frac_high"] == step["train/normed_clip_high"]
         balanced = [step[f"flow/step{k:02d}/grad_norm"] for k in range(4)]
@@ -94,7 +94,7 @@ def test_a_resumed_run_continues_from_the_latest_checkpoint(tmp_path, tiny_digit
     _trainer(tmp_path, tiny_digits_model, brightness_reward).train()
     resumed = _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=3)
     resumed.train()
-    assert [r["step"] for r in _records(tmp_path / "flow_grpo")] == [0, 1, 2, 3]
+    assert [r["step"] for r in _records(tmp_path / "flow_grpo")] == [0, 1, 2, 2, 3, 3]  # steps, evaluations
     # three steps of all three prompts: the sampler is where an uninterrupted run's would be
     assert (resumed.sampler.epoch, resumed.sampler.position) == (2, 3)
 
@@ -105,7 +105,7 @@ def test_flow_configs_are_recognised_and_validated(tmp_path):
     assert is_flow_config(path) and not is_flow_config({"model": {}})
     assert load_flow_config(path, ["training.max_steps=7"]).training.max_steps == 7
     with pytest.raises(ConfigError, match="unknown key"):
-        load_flow_config(path, ["sampling.steps=3"])
+        load_flow_config(path, ["rollout.steps=3"])
     with pytest.raises(ConfigError, match="algorithm.preset"):
         load_flow_config(path, ["algorithm.preset=grpo"])
 
@@ -128,7 +128,8 @@ def test_a_resumed_run_says_so_falls_back_over_a_damaged_checkpoint_and_a_finish
     with pytest.warns(UserWarning, match=r"step-000003 is damaged \(optimizer.pt: not a complete torch file"):
         _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=3).train()
     assert f"grpokit: resuming from step 2 of 3 ({checkpoints / 'step-000002'})" in capsys.readouterr().err
-    assert [r["step"] for r in _records(run_dir)] == [0, 1, 2, 3]  # step 3 once: the replay replaced it
+    # step 3 and its evaluation once: the replay replaced them
+    assert [r["step"] for r in _records(run_dir)] == [0, 1, 2, 2, 3, 3]
 
     log = (run_dir / "metrics.jsonl").read_bytes()
     assert _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=3).train() == []
@@ -147,3 +148,84 @@ def test_a_resumed_run_says_so_falls_back_over_a_damaged_checkpoint_and_a_finish
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def _floor_guard(action):
+    """A real guard whose alarm fires at the first step: `reward/mean` is always below a floor of 1e6."""
+    from grpokit.guards import EntropyCollapseAlarm, EntropyGuard
+
+    return EntropyGuard(EntropyCollapseAlarm(floor=1e6), action=action, metric="reward/mean")
+
+
+def test_the_keys_a_guard_adds_are_logged_with_their_step(tmp_path, tiny_digits_model, brightness_reward):
+    # The callbacks contract (grpokit.guards.callbacks): a step's metrics reach the callbacks before they
+    # are logged, so a guard's alarm/* key is in that step's record.
+    trainer = _trainer(tmp_path, tiny_digits_model, brightness_reward)
+    trainer.callbacks.append(_floor_guard("warn"))
+    trainer.train()
+    steps = {r["step"]: r for r in _records(tmp_path / "flow_grpo") if "train/loss" in r}
+    assert steps[1]["alarm/entropy_collapse"] == 1.0  # the alarm fires on the rising edge: step 1 only
+    assert "alarm/entropy_collapse" not in steps[2]
+
+
+def test_a_run_a_callback_stops_is_still_evaluated_and_checkpointed_at_its_last_step(
+    tmp_path, tiny_digits_model, brightness_reward
+):
+    trainer = _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=4)
+    trainer.callbacks.append(_floor_guard("stop"))
+    trainer.train()
+    assert trainer.step == 1
+    assert [step for step, _ in trainer.eval_history] == [0, 1]  # the starting policy, then the final one
+    run_dir = tmp_path / "flow_grpo"
+    assert "eval/reward/mean" in _records(run_dir)[-1] and _records(run_dir)[-1]["step"] == 1
+    assert (run_dir / "samples" / "step_000001.png").is_file()  # the final evaluation's grid
+    assert (run_dir / "checkpoints" / "step-000001" / "COMPLETE").is_file()
+
+
+def test_the_learning_rate_follows_the_schedule_and_is_logged_every_step(
+    tmp_path, tiny_digits_model, brightness_reward
+):
+    # lr_factor (grpokit.trainers.lr_schedule) with w = 2 warm-up steps, N = 4, linear decay:
+    # step 0: 1/2, step 1: 2/2, step 2: 1 − 0/2, step 3: 1 − 1/2; after the run: 1 − 2/2 = 0.
+    trainer = _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=4, warmup_steps=2,
+                       lr_schedule="linear")
+    trainer.train()
+    logged = [r["train/learning_rate"] for r in _records(tmp_path / "flow_grpo") if "train/loss" in r]
+    assert logged == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.5e-3], rel=1e-12, abs=0)  # float products of 1e-3
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_a_resumed_run_continues_the_learning_rate_warm_up(tmp_path, tiny_digits_model, brightness_reward):
+    _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=2, warmup_steps=4).train()
+    _trainer(tmp_path, tiny_digits_model, brightness_reward, max_steps=4, warmup_steps=4).train()
+    logged = [r["train/learning_rate"] for r in _records(tmp_path / "flow_grpo") if "train/loss" in r]
+    assert logged == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3], rel=1e-12, abs=0)
+
+
+def test_a_guard_can_tag_and_restore_the_flow_policy(tmp_path, tiny_digits_model, brightness_reward):
+    trainer = _trainer(tmp_path, tiny_digits_model, brightness_reward)
+    trainer.train()
+    assert trainer.restore_weights("best") is None  # nothing tagged yet
+    trainer.save_tagged_checkpoint("best")
+    saved = [p.detach().clone() for p in trainer.parameters]
+    with torch.no_grad():
+        for p in trainer.parameters:
+            p.add_(1.0)
+    assert trainer.restore_weights("best") == 2
+    assert all(torch.equal(a, b) for a, b in zip(trainer.parameters, saved))
+
+
+def test_kl_steps_limits_the_kl_to_the_noisiest_steps(tmp_path, tiny_digits_model, brightness_reward):
+    trainer = _trainer(tmp_path, tiny_digits_model, brightness_reward)
+    trainer.preset = trainer.preset.replace(kl_steps=1)
+    reference_times = []
+    original = tiny_digits_model.reference_velocity
+
+    def counting(x, t, conditions, **kw):
+        reference_times.append(t)
+        return original(x, t, conditions, **kw)
+
+    tiny_digits_model.reference_velocity = counting
+    metrics = trainer.train_step(0)
+    assert set(reference_times) == {1.0}  # the t = 1 step only, once per mini-batch
+    assert len(reference_times) == 2 and metrics["train/kl"] >= 0

@@ -17,12 +17,16 @@ from .trainer import EvalMetricsFn, FlowTrainer
 
 
 def build_flow_model(config: FlowTrainConfig) -> FlowModel:
-    """The configured model adapter: the cached digits network, or a diffusers SD3 pipeline."""
+    """The configured model adapter: the cached digits network, or a diffusers SD3 or FLUX.1 pipeline."""
     m = config.model
     if m.type == "digits":
         from .digits import pretrained_digits_model
 
         return pretrained_digits_model(cache=m.cache_dir)
+    if m.type == "flux":
+        from .flux_adapter import FluxFlowModel
+
+        return FluxFlowModel.from_pretrained(m.name_or_path, dtype=m.dtype, lora=m.lora, guidance=m.flux_guidance)
     from .diffusers_adapter import SD3FlowModel
 
     return SD3FlowModel.from_pretrained(m.name_or_path, dtype=m.dtype, lora=m.lora)

@@ -66,7 +66,7 @@ def flow_demo_config(
             "model": {"type": "digits"},
             "rewards": [{"function": "grpokit.flow.rewards:digits_proxy", "name": "proxy"}],
             "algorithm": {"preset": preset, "overrides": overrides},
-            "sampling": {
+            "rollout": {
                 "prompts_per_step": recipe.prompts_per_step,
                 "num_generations": recipe.num_generations,
                 "num_steps": recipe.num_steps,

@@ -9,10 +9,8 @@ What maps to what: SD3's ``sigma`` is our t (1 = noise); its transformer predict
 steps ``x + (σ' − σ)·v``), which is our velocity; the time grid is the scheduler's own sigmas (shifted,
 ending at 0), so training samples what the pipeline would. ``timestep = 1000·σ`` goes into the transformer.
 
-FLUX.1 (``FluxTransformer2DModel``) fits the same protocol with three differences, not implemented here:
-latents are packed 2×2 into a token sequence with image ids, FLUX.1-dev takes guidance as an input
-embedding (no conditional/unconditional pair), and the scheduler's shift is resolution-dependent
-(``use_dynamic_shifting``). An adapter needs ``encode``, ``velocity``, ``decode`` and ``time_grid`` for it.
+:class:`DiffusersFlowModel` holds what every diffusers transformer shares (the frozen reference, LoRA,
+saving); FLUX.1 is :class:`grpokit.flow.flux_adapter.FluxFlowModel`.
 """
 
 from __future__ import annotations
@@ -63,7 +61,61 @@ class SD3Conditions:
         )
 
 
-class SD3FlowModel:
+class DiffusersFlowModel:
+    """What the SD3 and FLUX adapters share: a transformer (LoRA-wrapped or fully trained), a frozen VAE, the
+    scheduler, the reference velocity, saving and loading. A subclass sets ``latent_shape`` and defines
+    ``encode``, ``time_grid``, ``decode`` and ``_predict(transformer, x, t, conditions, guidance_scale)``."""
+
+    latent_shape: tuple[int, ...]
+
+    def __init__(self, transformer, vae, scheduler, *, lora: Any = None):
+        self.vae = vae.requires_grad_(False)
+        self.scheduler = scheduler
+        self._frozen_reference = None
+        self.is_lora = lora is not None
+        self.transformer = _with_lora(transformer, lora) if self.is_lora else transformer
+        self.dtype = next(self.transformer.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def _predict(self, transformer, x: Tensor, t: float, conditions: Any, guidance_scale: float) -> Tensor:
+        raise NotImplementedError
+
+    def velocity(self, x: Tensor, t: float, conditions: Any, *, guidance_scale: float = 1.0) -> Tensor:
+        return self._predict(self.transformer, x, t, conditions, guidance_scale)
+
+    @torch.no_grad()
+    def reference_velocity(self, x: Tensor, t: float, conditions: Any, *, guidance_scale: float = 1.0) -> Tensor:
+        if self.is_lora:  # the base model with the adapter switched off is the reference (no copy in memory)
+            with self.transformer.disable_adapter():
+                return self._predict(self.transformer, x, t, conditions, guidance_scale)
+        if self._frozen_reference is None:
+            self._frozen_reference = copy.deepcopy(self.transformer).requires_grad_(False)
+        return self._predict(self._frozen_reference, x, t, conditions, guidance_scale)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    def save(self, directory: Path) -> None:
+        """LoRA: the adapter only (peft format); full fine-tuning: the transformer (diffusers format)."""
+        self.transformer.save_pretrained(str(directory))
+
+    def load(self, directory: Path) -> None:
+        if self.is_lora:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(
+                self.transformer, load_file(str(Path(directory) / "adapter_model.safetensors"))
+            )
+        else:
+            loaded = type(self.transformer).from_pretrained(str(directory))
+            self.transformer.load_state_dict(loaded.state_dict())
+
+
+class SD3FlowModel(DiffusersFlowModel):
     """SD3 transformer + VAE + a prompt encoder. ``encode_prompts(prompts)`` returns ``(embeds, pooled)``;
     :meth:`from_pipeline` wires it to ``StableDiffusion3Pipeline.encode_prompt``."""
 
@@ -78,18 +130,11 @@ class SD3FlowModel:
         negative_prompt: str = "",
         lora: Any = None,
     ):
-        self.transformer = transformer
-        self.vae = vae.requires_grad_(False)
-        self.scheduler = scheduler
+        super().__init__(transformer, vae, scheduler, lora=lora)
         self.encode_prompts = encode_prompts
         self.negative_prompt = negative_prompt
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_shape = (transformer.config.in_channels, image_size // scale, image_size // scale)
-        self._frozen_reference = None
-        self.is_lora = lora is not None
-        if self.is_lora:
-            self.transformer = _with_lora(transformer, lora)
-        self.dtype = next(self.transformer.parameters()).dtype
 
     @classmethod
     def from_pipeline(
@@ -98,7 +143,7 @@ class SD3FlowModel:
         """Wrap a loaded ``StableDiffusion3Pipeline`` (its text encoders stay frozen)."""
         for encoder in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
             if encoder is not None:
-                encoder.requires_grad_(False)
+                encoder.requires_grad_(False).eval()  # frozen: no dropout (T5's is on when built)
 
         @torch.no_grad()
         def encode_prompts(prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -125,10 +170,6 @@ class SD3FlowModel:
         return cls.from_pipeline(pipe, lora=lora, **kwargs)
 
     # ------------------------------------------------------------------ FlowModel protocol
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
     def encode(self, records: list[dict[str, Any]]) -> SD3Conditions:
         prompts = [str(r["prompt"]) for r in records]
         embeds, pooled = self.encode_prompts(prompts)
@@ -163,25 +204,6 @@ class SD3FlowModel:
         unconditional, conditional = out.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
-    def velocity(
-        self, x: Tensor, t: float, conditions: SD3Conditions, *, guidance_scale: float = 1.0
-    ) -> Tensor:
-        return self._predict(self.transformer, x, t, conditions, guidance_scale)
-
-    @torch.no_grad()
-    def reference_velocity(
-        self, x: Tensor, t: float, conditions: SD3Conditions, *, guidance_scale: float = 1.0
-    ) -> Tensor:
-        if self.is_lora:  # the base model with the adapter switched off is the reference (no copy in memory)
-            with self.transformer.disable_adapter():
-                return self._predict(self.transformer, x, t, conditions, guidance_scale)
-        if self._frozen_reference is None:
-            self._frozen_reference = copy.deepcopy(self.transformer).requires_grad_(False)
-        return self._predict(self._frozen_reference, x, t, conditions, guidance_scale)
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.transformer.parameters() if p.requires_grad]
-
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents → images ``[B, 3, H, W]`` in [−1, 1] through the VAE (SD3's scaling and shift undone)."""
@@ -189,22 +211,6 @@ class SD3FlowModel:
         latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
         images = self.vae.decode(latents.to(self.device, self.vae.dtype), return_dict=False)[0]
         return images.float().clamp(-1.0, 1.0).cpu()
-
-    def save(self, directory: Path) -> None:
-        """LoRA: the adapter only (peft format); full fine-tuning: the transformer (diffusers format)."""
-        self.transformer.save_pretrained(str(directory))
-
-    def load(self, directory: Path) -> None:
-        if self.is_lora:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            set_peft_model_state_dict(
-                self.transformer, load_file(str(Path(directory) / "adapter_model.safetensors"))
-            )
-        else:
-            loaded = type(self.transformer).from_pretrained(str(directory))
-            self.transformer.load_state_dict(loaded.state_dict())
 
 
 def _with_lora(transformer, lora: Any):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from grpokit.algorithms import aggregate_loss, importance_ratio, ppo_clip_loss
 
-from .guard import ratio_norm_log_ratio
+from .grpo_guard import ratio_norm_log_ratio
 from .presets import FlowPreset
 from .sde import gaussian_mean_kl
 

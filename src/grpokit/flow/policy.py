@@ -61,14 +61,15 @@ class FlowRollout:
 
     ``latents[:, k]`` is x at ``timesteps[k]`` (k = 0 pure noise, k = S the sample); ``old_means[:, k]`` and
     ``old_logprobs[:, k]`` are the sampling policy's step-k mean μ_old and log-prob of the transition
-    ``latents[:, k] → latents[:, k + 1]``; ``mask[:, k]`` is 1 on the steps the update trains.
+    ``latents[:, k] → latents[:, k + 1]``; ``mask[:, k]`` is 1 on the steps the update trains. ODE steps
+    (σ_k = 0, outside an SDE window) have ``old_logprobs`` 0 and ``mask`` 0.
     """
 
     conditions: Any
     group_ids: Tensor  # [B] long: the prompt's data-set index (repeats in one step share statistics)
     prompt_indices: list[int]  # [P] data-set index of each group
     timesteps: Tensor  # [S + 1] float64, 1 → 0
-    sigmas: Tensor  # [S] float64, σ_t of each step
+    sigmas: Tensor  # [S] float64, σ_t of each step; 0 on ODE steps (outside an SDE window)
     latents: Tensor  # [B, S + 1, *latent_shape]
     old_means: Tensor  # [B, S, *latent_shape]
     old_logprobs: Tensor  # [B, S]
@@ -84,6 +85,11 @@ class FlowRollout:
     @property
     def samples(self) -> Tensor:
         return self.latents[:, -1]
+
+    @property
+    def sde_steps(self) -> Tensor:
+        """``[S]`` bool: the stochastic steps (σ > 0); the rest were ODE steps with no log-prob."""
+        return self.sigmas > 0
 
     def step_std(self, step: int) -> float:
         """The step's s = σ_k·√(t_k − t_{k+1}), shared by every row."""
@@ -159,11 +165,18 @@ class FlowPolicy:
         num_steps: int,
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
+        sde_steps: Tensor | None = None,
     ) -> FlowRollout:
         """Sample one trajectory per row of ``conditions`` with the SDE, recording every step's mean and
-        log-prob. ``noise`` (``[B, *latent_shape]``) fixes x at t = 1; otherwise drawn from ``generator``."""
+        log-prob. ``noise`` (``[B, *latent_shape]``) fixes x at t = 1; otherwise drawn from ``generator``.
+
+        ``sde_steps`` (``[S]`` bool, default all True) marks the SDE steps (MixGRPO's window,
+        :mod:`grpokit.flow.window`); the others are deterministic ODE steps: σ = 0 in ``rollout.sigmas``,
+        log-prob 0, mask 0 — they are never trained and draw no noise."""
         timesteps = self.time_grid(num_steps)
         sigmas = sde_noise_levels(timesteps, self.noise_level)
+        if sde_steps is not None:
+            sigmas = torch.where(sde_steps.to(torch.bool), sigmas, torch.zeros_like(sigmas))
         x = self._initial_noise(len(group_ids), noise, generator)
         latents, means, logprobs = [x], [], []
         for k in range(num_steps):
@@ -171,8 +184,12 @@ class FlowPolicy:
             mean, std = sde_step_mean_std(
                 x, v, float(timesteps[k]), float(timesteps[k + 1]), float(sigmas[k])
             )
-            x = mean + std * self._randn(x, generator)
-            logprobs.append(gaussian_log_prob(x, mean, std, reduction=self.logprob_reduction))
+            if sigmas[k] > 0:
+                x = mean + std * self._randn(x, generator)
+                logprobs.append(gaussian_log_prob(x, mean, std, reduction=self.logprob_reduction))
+            else:  # an ODE step: no noise, no density
+                x = mean
+                logprobs.append(torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
             latents.append(x)
             means.append(mean)
         return FlowRollout(
@@ -184,7 +201,7 @@ class FlowPolicy:
             latents=torch.stack(latents, dim=1),
             old_means=torch.stack(means, dim=1),
             old_logprobs=torch.stack(logprobs, dim=1),
-            mask=torch.ones(len(group_ids), num_steps),
+            mask=(sigmas > 0).to(torch.float32).expand(len(group_ids), num_steps).clone(),
         )
 
     @torch.no_grad()

@@ -12,6 +12,7 @@ from typing import Any
 from grpokit.algorithms.presets import GRPO, Preset
 
 from .sde import LOGPROB_REDUCTIONS
+from .window import WINDOW_PLACEMENTS
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,33 @@ class FlowPreset:
     noise_level: float = 0.7  # a in σ_t = a·√(t/(1−t)) (Flow-GRPO's default)
     logprob_reduction: str = "mean"  # over latent dimensions: "mean" (Flow-GRPO) | "sum" (joint density)
     adv_clip_max: float = 5.0  # advantages clamped to ±this (Flow-GRPO's `adv_clip_max`)
-    ratio_norm: bool = False  # GRPO-Guard RatioNorm (grpokit.flow.guard.ratio_norm_log_ratio)
+    ratio_norm: bool = False  # GRPO-Guard RatioNorm (grpokit.flow.grpo_guard.ratio_norm_log_ratio)
     step_balancing: bool = False  # GRPO-Guard cross-step gradient balancing weights
+    # The SDE window (grpokit.flow.window): SDE steps per trajectory, the only ones trained; the rest run the
+    # ODE. None = every step (Flow-GRPO).
+    sde_window: int | None = None
+    window_placement: str = "slide"  # "slide" (MixGRPO, moves with training) | "random" (Flow-GRPO-Fast)
+    window_shift_every: int = 0  # slide: training steps between moves (MixGRPO's τ); 0 = fixed at the start
+    window_stride: int = 1  # slide: denoising steps the window moves each time (MixGRPO's s)
+    window_range: float = 1.0  # the window stays within this fraction of the steps, from the noisiest
+    kl_steps: int | None = None  # the KL to the reference (β > 0) only on the first k (noisiest) steps; None = all
 
     def __post_init__(self) -> None:
+        if self.window_placement not in WINDOW_PLACEMENTS:
+            raise ValueError(
+                f"window_placement must be one of {WINDOW_PLACEMENTS}, got {self.window_placement!r}"
+            )
+        if self.sde_window is not None and self.sde_window < 1:
+            raise ValueError(f"sde_window must be >= 1 or None (every step), got {self.sde_window}")
+        if self.window_shift_every < 0 or self.window_stride < 1:
+            raise ValueError(
+                f"window_shift_every must be >= 0 and window_stride >= 1, got "
+                f"{self.window_shift_every} and {self.window_stride}"
+            )
+        if not 0 < self.window_range <= 1:
+            raise ValueError(f"window_range must be in (0, 1], got {self.window_range}")
+        if self.kl_steps is not None and self.kl_steps < 1:
+            raise ValueError(f"kl_steps must be >= 1 or None (every step), got {self.kl_steps}")
         if self.logprob_reduction not in LOGPROB_REDUCTIONS:
             raise ValueError(
                 f"logprob_reduction must be one of {LOGPROB_REDUCTIONS}, got {self.logprob_reduction!r}"
@@ -65,7 +89,8 @@ FLOW_GRPO = FlowPreset(
     ),
 )
 # GRPO-Guard (arXiv 2510.22319): Flow-GRPO + RatioNorm + cross-step balancing; the normalised log-ratio
-# is ~s_t times smaller, hence the paper's much tighter clip.
+# is ~s_t times smaller, hence the paper's much tighter clip. It keeps Flow-GRPO's KL (β = 0.04): without a KL
+# the guard only delays over-optimization; with one it holds the gold score (experiments/flow_guard.py).
 FLOW_GRPO_GUARD = FLOW_GRPO.replace(
     name="flow_grpo_guard",
     summary="GRPO-Guard: Flow-GRPO + RatioNorm + cross-step gradient balancing, clip 2e-6",
@@ -75,7 +100,30 @@ FLOW_GRPO_GUARD = FLOW_GRPO.replace(
     eps_high=2e-6,
 )
 
-FLOW_PRESETS: dict[str, FlowPreset] = {p.name: p for p in (FLOW_GRPO, FLOW_GRPO_GUARD)}
+# MixGRPO (arXiv 2507.21802): SDE and training only in a window of steps that slides from the noisiest
+# steps towards the clean end; ODE elsewhere. The paper: w = 4 of 25 steps (16%), τ = 25, stride 1; here 2
+# of Flow-GRPO's 10 training steps (bench/flow_window.py measured 3 too: more time, no better trade-off).
+MIX_GRPO = FLOW_GRPO.replace(
+    name="mix_grpo",
+    summary="MixGRPO: Flow-GRPO with SDE + training in a 2-step window sliding 1 step every 25 training steps, "
+    "ODE elsewhere",
+    sde_window=2,
+    window_placement="slide",
+    window_shift_every=25,
+)
+# Flow-GRPO-Fast (Flow-GRPO's repository): 2 SDE steps at a random place in the first half of the
+# trajectory on every training step, ODE elsewhere.
+FLOW_GRPO_FAST = FLOW_GRPO.replace(
+    name="flow_grpo_fast",
+    summary="Flow-GRPO-Fast: 2 SDE (trained) steps at a random place in the first half, ODE elsewhere",
+    sde_window=2,
+    window_placement="random",
+    window_range=0.5,
+)
+
+FLOW_PRESETS: dict[str, FlowPreset] = {
+    p.name: p for p in (FLOW_GRPO, FLOW_GRPO_GUARD, MIX_GRPO, FLOW_GRPO_FAST)
+}
 
 
 def get_flow_preset(name: str, **overrides: Any) -> FlowPreset:

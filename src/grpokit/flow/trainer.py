@@ -1,7 +1,8 @@
 """The flow-model GRPO trainer (Flow-GRPO, GRPO-Guard). The loop is the algorithm box:
 
     for step in 1..N:
-        rollout    ← G images per prompt with the SDE sampler; per-step log-probs and means kept   (`sample`)
+        rollout    ← G images per prompt with the SDE sampler (SDE in the window, ODE elsewhere);
+                     per-step log-probs and means kept                                              (`sample`)
         rewards    ← score the decoded images with the reward API                                  (`score`)
         advantages ← group-relative, per prompt (repeated prompts share statistics)                (`advantages`)
         update     ← mini-batches × denoising steps: clipped ratio (RatioNorm), balancing, KL      (`update`)
@@ -14,8 +15,8 @@ each step's gradient norm) are logged every step as ``flow/step{k}/…``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,18 +25,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grpokit.algorithms import group_advantages, rloo_advantages
-from grpokit.checkpoint import CheckpointManager, model_dir
+from grpokit.algorithms import compute_advantages
+from grpokit.checkpoint import SCHEDULER_FILE, CheckpointManager, model_dir
 from grpokit.data import PromptDataset, PromptSampler
-from grpokit.monitoring import MetricsLogger, TrainingProgress, plot_metrics
-from grpokit.run_dir import rewind_run_logs, training_run_dir
+from grpokit.seeds import mini_batch_seed, sampling_seed
+from grpokit.trainers.distributed import DataParallel
+from grpokit.trainers.lr_schedule import make_lr_scheduler
+from grpokit.trainers.run_loop import notify, run_training
 
 from .config import FlowTrainConfig
-from .guard import step_balancing_weights
+from .grpo_guard import step_balancing_weights
 from .images import save_image_grid
 from .loss import StepDiagnostics, aggregate_step, step_loss
 from .policy import FlowPolicy, FlowRollout, train_step_mask
 from .presets import FlowPreset
+from .window import sde_window, window_mask
 
 log = logging.getLogger("grpokit.flow")
 
@@ -48,18 +52,18 @@ FLOW_PLOT_KEYS = (
     "train/clip_frac_*",
     "train/kl",
     "train/grad_norm",
+    "train/learning_rate",
 )
 EvalMetricsFn = Callable[[Tensor, list[dict[str, Any]]], dict[str, float]]
 
 
-def _announce(message: str) -> None:
-    """A line about the run as a whole (resuming, already finished), on stderr."""
-    print(f"grpokit: {message}", file=sys.stderr, flush=True)
-
-
 class FlowTrainer:
     """GRPO-family trainer for flow-matching models. ``eval_metrics(images, records)`` adds gold scores
-    that training never sees (e.g. :meth:`grpokit.flow.rewards.DigitScorer.gold_metrics`)."""
+    that training never sees (e.g. :meth:`grpokit.flow.rewards.DigitScorer.gold_metrics`).
+    The run around `train_step` is the shared run loop (`grpokit.trainers.run_loop`)."""
+
+    plot_keys = FLOW_PLOT_KEYS
+    progress_fields = {"reward": "reward/mean", "ratio": "train/ratio_mean"}
 
     def __init__(
         self,
@@ -82,10 +86,13 @@ class FlowTrainer:
         self.reward_runner = reward_runner
         self.eval_metrics = eval_metrics
         # Objects with any of on_step_end(trainer, step, metrics), on_evaluate(trainer, step, metrics),
-        # on_train_end(trainer); a callback may set trainer.should_stop = True.
+        # on_train_end(trainer); a callback may add metrics and set trainer.should_stop = True.
         self.callbacks = list(callbacks or [])
         self.should_stop = False
-        self.group_size = config.sampling.num_generations or preset.loss.num_generations
+        self.stop_reason: dict | None = None  # set by the guard that stopped the run (grpokit.guards.act)
+        self.run_end: dict | None = None  # how the run ended (set by the run loop)
+        self.parallel = DataParallel()  # one process
+        self.group_size = config.rollout.num_generations or preset.loss.num_generations
         self.sampler = PromptSampler(len(train_data), seed=config.training.seed)
         self.run_dir = Path(config.logging.run_dir)
         self.step = 0
@@ -98,23 +105,45 @@ class FlowTrainer:
             betas=(t.adam_beta1, t.adam_beta2),
             weight_decay=t.weight_decay,
         )
+        self.scheduler = make_lr_scheduler(self.optimizer, t)  # stepped by the run loop
         self.eval_history: list[tuple[int, dict[str, float]]] = []
 
     # ------------------------------------------------------------------ 1. sample
     def sample(self, step: int) -> FlowRollout:
         """G SDE trajectories for each of P prompts, seeded by (seed, step) so a resumed run repeats them."""
-        s = self.config.sampling
-        generator = torch.Generator().manual_seed(self.config.training.seed * 1_000_003 + step)
+        s = self.config.rollout
+        generator = torch.Generator().manual_seed(sampling_seed(self.config.training.seed, step))
         indices = self.sampler.next_batch(s.prompts_per_step)
         records = [self.train_data[i] for i in indices for _ in range(self.group_size)]
         group_ids = torch.tensor(indices).repeat_interleave(self.group_size)
+        start, stop = self.window(step, generator)
         rollout = self.policy.rollout(
-            self.model.encode(records), group_ids, indices, num_steps=s.num_steps, generator=generator
+            self.model.encode(records),
+            group_ids,
+            indices,
+            num_steps=s.num_steps,
+            generator=generator,
+            sde_steps=window_mask(s.num_steps, (start, stop)),
         )
-        rollout.mask = train_step_mask(
-            len(rollout), s.num_steps, s.train_steps, s.train_step_selection, generator=generator
+        # `train_steps` of the window's steps are trained (all of them by default)
+        rollout.mask[:, start:stop] = train_step_mask(
+            len(rollout), stop - start, s.train_steps, s.train_step_selection, generator=generator
         )
         return rollout
+
+    def window(self, step: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+        """The SDE window ``(start, stop)`` of training step ``step`` (1-based); every step without one."""
+        p = self.preset
+        return sde_window(
+            self.config.rollout.num_steps,
+            p.sde_window,
+            placement=p.window_placement,
+            training_step=step,
+            shift_every=p.window_shift_every,
+            stride=p.window_stride,
+            range_fraction=p.window_range,
+            generator=generator,
+        )
 
     # ------------------------------------------------------------------ 2. score
     def score(self, rollout: FlowRollout) -> tuple[Tensor, dict[str, float]]:
@@ -132,28 +161,31 @@ class FlowTrainer:
     # ------------------------------------------------------------------ 3. advantages
     def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         """Group-relative advantages keyed by prompt (Flow-GRPO's per-prompt statistics over the step)."""
-        p = self.preset.loss
-        if p.advantage == "rloo":
-            return rloo_advantages(rewards, group_ids)
-        return group_advantages(rewards, group_ids, scale=p.advantage, std=p.std, eps=p.advantage_eps)
+        return compute_advantages(self.preset.loss, rewards, None, group_ids)  # rewards[B]: the weighted total
 
     # ------------------------------------------------------------------ 4. update
     def step_weights(self, rollout: FlowRollout) -> Tensor:
-        """GRPO-Guard's cross-step balancing weights ``[S]`` (all 1 when the preset has it off)."""
+        """GRPO-Guard's cross-step balancing weights ``[S]`` (all 1 when the preset has it off), computed
+        over the SDE window's steps only (mean 1 there; 0 on the ODE steps, which are never trained)."""
         if not self.preset.step_balancing:
             return torch.ones(rollout.num_steps, dtype=torch.float64)
-        return step_balancing_weights(
-            rollout.timesteps, rollout.sigmas, ratio_normalized=self.preset.ratio_norm
+        sde = rollout.sde_steps.nonzero().squeeze(1)
+        start, stop = int(sde.min()), int(sde.max()) + 1  # the window is contiguous
+        weights = torch.zeros(rollout.num_steps, dtype=torch.float64)
+        weights[start:stop] = step_balancing_weights(
+            rollout.timesteps[start : stop + 1], rollout.sigmas[start:stop], ratio_normalized=self.preset.ratio_norm
         )
+        return weights
 
-    def update(self, rollout: FlowRollout, advantages: Tensor) -> dict[str, float]:
-        """μ passes of mini-batch optimizer steps; inside one, a forward/backward per denoising step."""
+    def update(self, rollout: FlowRollout, advantages: Tensor, step: int) -> dict[str, float]:
+        """μ passes of mini-batch optimizer steps; inside one, a forward/backward per denoising step.
+        `step` (1-based) seeds the mini-batch shuffle."""
         t = self.config.training
         mask = rollout.mask * (~torch.isnan(advantages)).unsqueeze(1).to(rollout.mask.dtype)
         advantages = torch.nan_to_num(advantages, nan=0.0)
         weights = self.step_weights(rollout)
         diagnostics = StepDiagnostics(self.preset)
-        generator = torch.Generator().manual_seed(self.config.training.seed * 7_919 + self.step)
+        generator = torch.Generator().manual_seed(mini_batch_seed(self.config.training.seed, step))
         losses, kls, grad_norms, onpolicy_error, optimizer_steps = [], [], [], 0.0, 0
         for _ in range(t.num_iterations):
             for rows in torch.randperm(len(rollout), generator=generator).chunk(t.mini_batches):
@@ -209,7 +241,7 @@ class FlowTrainer:
     ):
         logp, mean = self.policy.step_log_probs(rollout, k, rows)
         ref_mean = None
-        if self.preset.loss.beta > 0:
+        if self.preset.loss.beta > 0 and (self.preset.kl_steps is None or k < self.preset.kl_steps):
             ref_mean = self.policy.step_log_probs(rollout, k, rows, reference=True)[1]
         result = step_loss(
             self.preset,
@@ -233,15 +265,21 @@ class FlowTrainer:
             ]
         )
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ one step (the run: grpokit.trainers.run_loop)
     def train_step(self, step: int) -> dict[str, float]:
-        self.step = step
+        """Training step `step + 1` (`step` steps done): sample → score → advantages → update; its metrics.
+
+        Its draws are seeded by the 1-based step number (as recorded flow runs were)."""
+        step += 1
         started = time.perf_counter()
         rollout = self.sample(step)
         rewards, reward_metrics = self.score(rollout)
         advantages = self.advantages(rewards, rollout.group_ids)
         sampled = time.perf_counter()
-        metrics = self.update(rollout, advantages)
+        metrics = self.update(rollout, advantages, step)
+        sde = rollout.sde_steps.nonzero().squeeze(1)
+        metrics["train/sde_window_start"] = float(sde.min())
+        metrics["train/sde_window_size"] = float(len(sde))
         valid = rewards[~torch.isnan(rewards)]
         metrics.update(reward_metrics)
         metrics.update(
@@ -255,62 +293,24 @@ class FlowTrainer:
         return metrics
 
     def train(self) -> list[tuple[int, dict[str, float]]]:
-        """Run to ``training.max_steps`` (resuming from the run's latest checkpoint when configured);
-        returns the evaluation history ``[(step, metrics)]``. The run directory is locked meanwhile
-        (a second trainer on it stops at once, naming this one)."""
-        with training_run_dir(self.run_dir):
-            return self._train()
-
-    def _train(self) -> list[tuple[int, dict[str, float]]]:
-        c = self.config
-        start = self.resume_latest() if c.checkpoint.resume else 0
-        if start and start >= c.training.max_steps:
-            _announce(f"run already finished at step {start} ({self.resumed_from}); nothing to do")
-            return self.eval_history
-        if start:
-            _announce(f"resuming from step {start} of {c.training.max_steps} ({self.resumed_from})")
-        logger = MetricsLogger(
-            self.run_dir, tensorboard=c.logging.tensorboard, wandb_project=c.logging.wandb_project
-        )
-        # metrics.jsonl, alarms.jsonl, TensorBoard: cut to the resumed step (its alarms are raised
-        # again), or a checkpoint-less earlier run's logs set aside
-        rewind_run_logs(self.run_dir, start if start else None, logger)
-        progress = TrainingProgress(
-            c.training.max_steps,
-            description=self.preset.name,
-            disable=not c.logging.progress,
-            start_step=start,
-        )
-        try:
-            if start == 0:
-                logger.log(0, self.evaluate(0))
-            for step in range(start + 1, c.training.max_steps + 1):
-                metrics = self.train_step(step)
-                if c.eval.every_steps and step % c.eval.every_steps == 0 and step < c.training.max_steps:
-                    metrics.update(self.evaluate(step))
-                if step == c.training.max_steps:
-                    metrics.update(self.evaluate(step))
-                logger.log(step, metrics)
-                progress.update(
-                    step, reward=metrics["reward/mean"], ratio=metrics.get("train/ratio_mean", 1.0)
-                )
-                for callback in self.callbacks:
-                    if hasattr(callback, "on_step_end"):
-                        callback.on_step_end(self, step, metrics)
-                if c.checkpoint.every_steps and step % c.checkpoint.every_steps == 0:
-                    self.save_checkpoint(step)
-                if self.should_stop:
-                    break
-            self.save_checkpoint(self.step)
-        finally:
-            progress.close()
-            logger.close()
-        if c.logging.plot:
-            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", keys=FLOW_PLOT_KEYS)
-        for callback in self.callbacks:
-            if hasattr(callback, "on_train_end"):
-                callback.on_train_end(self)
+        """Run to ``training.max_steps`` (resuming from the run's latest checkpoint when configured) with
+        the shared run loop; returns the evaluation history ``[(step, metrics)]``. The run directory is
+        locked meanwhile (a second trainer on it stops at once, naming this one)."""
+        run_training(self)
         return self.eval_history
+
+    # What the run loop calls besides train_step (grpokit.trainers.run_loop.LoopTrainer).
+    def start_run(self) -> None:
+        pass  # sampling uses the policy itself: nothing to hand over
+
+    def open_run_logs(self) -> contextlib.AbstractContextManager[list]:
+        return contextlib.nullcontext([])  # the samples are image grids (`evaluate`), not a log
+
+    def evaluate_in_run(self) -> dict[str, float]:
+        return self.evaluate(self.step)
+
+    def save_run_checkpoint(self) -> None:
+        self.save_checkpoint(self.step)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -318,7 +318,7 @@ class FlowTrainer:
         """ODE samples (``eval_num_steps``) at fixed held-out noise for every eval prompt: mean reward,
         per-reward means and ``eval_metrics``; saves the sample grid at the first, last and every
         ``grid_every_steps`` step. ``read_only`` (`grpokit eval`): no grid, no callbacks."""
-        e, s = self.config.eval, self.config.sampling
+        e, s = self.config.eval, self.config.rollout
         records = [self.eval_data[i] for i in range(len(self.eval_data)) for _ in range(e.samples_per_prompt)]
         generator = torch.Generator().manual_seed(e.seed)
         noise = torch.randn((len(records), *self.model.latent_shape), generator=generator)
@@ -339,7 +339,7 @@ class FlowTrainer:
         metrics["proxy/score"] = metrics["eval/reward/mean"]
         if "eval/gold/score" in metrics:
             metrics["gold/score"] = metrics["eval/gold/score"]
-        last = step == self.config.training.max_steps
+        last = step == self.config.training.max_steps or self.should_stop  # the run's final evaluation
         if read_only:
             return metrics
         if step == 0 or last or (e.grid_every_steps and step % e.grid_every_steps == 0):
@@ -347,20 +347,34 @@ class FlowTrainer:
                 images, self.run_dir / "samples" / f"step_{step:06d}.png", columns=e.samples_per_prompt
             )
         self.eval_history.append((step, metrics))
-        for callback in self.callbacks:
-            if hasattr(callback, "on_evaluate"):
-                callback.on_evaluate(self, step, metrics)
+        notify(self, "on_evaluate", step, metrics)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, step: int) -> Path:
+    def save_checkpoint(self, step: int, *, tag: str | None = None) -> Path:
+        """Model, optimizer, LR schedule, sampler and RNGs as `checkpoints/step-N` (or `checkpoints/<tag>`)."""
         manager = CheckpointManager(self.run_dir, keep_last=self.config.checkpoint.keep_last)
         return manager.save(
             step,
             model_saver=self.model.save,
             optimizer=self.optimizer,
+            scheduler=self.scheduler,
             extra_state={"sampler": self.sampler.state_dict()},
+            tag=tag,
         )
+
+    # What the guards act through (grpokit.guards.callbacks.GuardedTrainer).
+    def save_tagged_checkpoint(self, tag: str) -> Path:
+        return self.save_checkpoint(self.step, tag=tag)
+
+    def restore_weights(self, tag: str) -> int | None:
+        """Load the model weights of `checkpoints/<tag>` in place; its step, or None when there is none."""
+        manager = CheckpointManager(self.run_dir, keep_last=self.config.checkpoint.keep_last)
+        path = manager.tagged(tag)
+        if path is None:
+            return None
+        self.model.load(model_dir(path))
+        return manager.load(path, restore_rng=False)["step"]
 
     def load_weights_for_eval(self) -> Path | None:
         """The latest intact checkpoint's model weights, loaded READ-ONLY (nothing in the run directory is
@@ -373,17 +387,22 @@ class FlowTrainer:
         self.step = manager.load(path, restore_rng=False)["step"]
         return path
 
-    def resume_latest(self) -> int:
-        """Load the run's latest intact checkpoint (model, optimizer, sampler, RNG); its step, or 0 when
-        there is none. A damaged latest checkpoint is skipped, with a warning, for the one before it."""
+    def resume_latest(self) -> Path | None:
+        """Load the run's latest intact checkpoint (model, optimizer, LR schedule, sampler, RNG); its path,
+        or None when there is none. A damaged latest checkpoint is skipped, with a warning, for the one
+        before it."""
         manager = CheckpointManager(self.run_dir, keep_last=self.config.checkpoint.keep_last)
         path = manager.latest_intact()
         if path is None:
-            return 0
+            return None
         self.resumed_from = path
         self.model.load(model_dir(path))
-        state = manager.load(path, optimizer=self.optimizer)
+        saved_schedule = (path / SCHEDULER_FILE).is_file()  # checkpoints from before the flow trainer had one
+        state = manager.load(path, optimizer=self.optimizer, scheduler=self.scheduler if saved_schedule else None)
         self.sampler.load_state_dict(state["extra_state"]["sampler"])
         self.step = state["step"]
+        if not saved_schedule:  # the schedule is a function of the step: replay it
+            for _ in range(self.step):
+                self.scheduler.step()
         log.info("resumed from %s (step %d)", path, self.step)
-        return self.step
+        return path
