@@ -79,6 +79,21 @@ def test_it_learns_to_spend_rollouts_on_prompts_that_are_neither_solved_nor_hope
     assert sum(status[i] == "hopeless" for i in range(10)) == metrics["sampling/skipped_hopeless"]
 
 
+def test_epoch_coverage_draws_every_informative_prompt_once_before_any_again():
+    # 8 in-between prompts with different pass rates: the deterministic "expected" score ranks the same
+    # ones first every step; with epoch coverage, 4 steps of 2 still cover all 8 before a repeat.
+    pass_rates = np.linspace(0.2, 0.8, 8)
+    covered = _sampler(num_prompts=8, score="expected", revisit_floor=0.0)
+    chosen = _simulate(covered, pass_rates, steps=4, k=2)
+    assert sorted(np.concatenate(chosen).tolist()) == list(range(8))
+    assert covered.epochs == 0
+    covered.next_batch(2)  # nothing undrawn is left: a new epoch starts
+    assert covered.epochs == 1 and covered.drawn_this_epoch.sum() == 2
+    greedy = _sampler(num_prompts=8, score="expected", revisit_floor=0.0, epoch_coverage=False)
+    chosen = _simulate(greedy, pass_rates, steps=4, k=2)
+    assert len(set(np.concatenate(chosen).tolist())) < 8  # the best scorers come back within the epoch
+
+
 def test_metrics_report_rollouts_group_sizes_and_calibration_then_reset():
     sampler = _sampler()
     indices = sampler.next_batch(2)
@@ -101,6 +116,7 @@ def test_state_round_trips_through_json_and_continues_identically():
     restored = _sampler(num_prompts=12, discount=0.9)
     restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
     np.testing.assert_array_equal(restored.posteriors.alpha, original.posteriors.alpha)
+    np.testing.assert_array_equal(restored.drawn_this_epoch, original.drawn_this_epoch)
     assert restored.next_batch(4) == original.next_batch(4)
     assert restored.group_sizes([0, 1, 2]) == original.group_sizes([0, 1, 2])
     with pytest.raises(ValueError, match="same data set"):

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from grpokit.rollout.types import RolloutBatch, SamplingParams, concat_rollouts
-
-_SEED_STRIDE = 7919  # separates the seeds of the per-G engine calls of one step
+from grpokit.seeds import group_call_seed
 
 
 def generate_groups(
@@ -48,7 +47,7 @@ def generate_groups(
     parts, positions = [], []
     for call, size in enumerate(distinct):
         members = [j for j, g in enumerate(group_sizes) if g == size]
-        seed = None if sampling.seed is None else sampling.seed + _SEED_STRIDE * (call + 1)
+        seed = None if sampling.seed is None else group_call_seed(sampling.seed, call)
         part = engine.generate(
             [prompts[j] for j in members], size, dataclasses.replace(sampling, seed=seed), **seeds_of(members)
         )
