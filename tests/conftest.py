@@ -126,3 +126,47 @@ def small_tmpfs(tmp_path):
     yield mount
     for target in mounted:
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+# ---------------------------------------------------------- a real vLLM server (tests/rollout, tests/agents)
+def _build_vllm_test_model(directory, seed: int = 0):
+    """A tiny Qwen2 (head dim 32: vLLM's CPU attention has no kernel for 16) + char tokenizer, saved."""
+    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                                 intermediate_size=128, initializer_range=0.2, seed=seed)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def build_vllm_test_model():
+    """`build_vllm_test_model(directory, seed=0)` → directory, with a tiny model vLLM's CPU backend serves."""
+    return _build_vllm_test_model
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory):
+    return _build_vllm_test_model(tmp_path_factory.mktemp("vllm_model"))
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    """The vLLM environment's interpreter, created on first use (a few minutes, once; see vllm_env)."""
+    from grpokit.rollout.vllm_env import ensure_vllm_python
+
+    return ensure_vllm_python(with_grpokit=True)
+
+
+@pytest.fixture(scope="session")
+def vllm_server_url(vllm_python, vllm_model_dir, tmp_path_factory):
+    """A real `grpokit vllm-serve` server on the tiny model (float32, 1 GiB KV cache), for the session;
+    shared by every test directory (tests sync the weights they need before using it)."""
+    from grpokit.rollout.vllm_env import vllm_server
+
+    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    with vllm_server(str(vllm_model_dir), python=vllm_python, log_path=log_path, timeout=300,
+                     args=("--dtype", "float32", "--kv-cache-gib", "1", "--max-model-len", "256")) as url:
+        yield url

@@ -178,6 +178,14 @@ def test_keep_last_prunes_all_but_the_newest_k(tmp_path):
     assert manager.latest().name == "step-000040"
 
 
+def test_keep_last_above_the_number_of_checkpoints_deletes_nothing(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=6)
+    for step in (1, 2, 3, 4, 5):
+        save_plain(manager, step)
+
+    assert [p.name for p in manager.step_checkpoints()] == [f"step-00000{s}" for s in (1, 2, 3, 4, 5)]
+
+
 def test_keep_last_none_keeps_everything(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=None)
     for step in (1, 2, 3, 4):

@@ -30,7 +30,7 @@ def test_examples_directory_holds_both_documented_configs():
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda path: path.name)
 def test_every_example_config_validates_against_the_schema(path):
     config = load_lm_config(path)
-    assert config.rewards and config.model.name_or_path and config.data.path
+    assert config.rewards and config.model.name_or_path and (config.data.path or config.data.reasoning_gym)
 
 
 def test_qwen_example_uses_lora_math_verify_and_the_format_rewards():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from grpokit.cli import main
-from grpokit.guards import record_event
 from grpokit.monitoring import MetricsLogger
+from grpokit.monitoring.events import record_event
 from grpokit.report import PANELS, REPORT_FILENAME, describe_change, summarize, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

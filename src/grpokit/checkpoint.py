@@ -41,7 +41,7 @@ import torch
 
 from grpokit.checkpoint_integrity import TRAINER_STATE_FILE, find_damage
 from grpokit.errors import RunDirError
-from grpokit.run_dir import io_error
+from grpokit.io_errors import io_error
 
 try:
     import fcntl
@@ -380,7 +380,8 @@ class CheckpointManager:
             return
         older = [path for step, path in self._complete_step_dirs() if step < newest_step]
         keep_older = self.keep_last - 1
-        to_delete = older[: len(older) - keep_older] if keep_older > 0 else older
+        # max(0, …): with fewer older checkpoints than keep_last − 1 a negative slice would delete them.
+        to_delete = older[: max(0, len(older) - keep_older)]
         for path in to_delete:
             with _unpinned(path) as free:
                 if not free:

@@ -1,4 +1,4 @@
-"""`grpokit` command line: train, eval, demo, presets, report, vllm-serve, vllm-env."""
+"""`grpokit` command line: train, eval, demo, presets, config, report, vllm-serve, vllm-env."""
 
 from __future__ import annotations
 
@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("presets", help="list the algorithm presets")
 
+    config = commands.add_parser(
+        "config", help="print the config fields with their defaults and help (e.g. `grpokit config rollout`)",
+        description="Every field of a training config: its default, type and what it does; a SECTION (e.g. "
+                    "rollout, guards.entropy) prints that section only. docs/config.md is `--markdown`.")
+    config.add_argument("section", nargs="?", default=None, help="a section, e.g. rollout or rollout.vllm")
+    config.add_argument("--flow", action="store_true", help="the flow trainer's config (trainer: flow)")
+    config.add_argument("--markdown", action="store_true",
+                        help="the whole reference as Markdown (how docs/config.md is written)")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html (proxy vs gold, entropy, alarms)")
     report.add_argument("run_dir", help="a run directory holding metrics.jsonl")
     report.add_argument("--out", default=None, help="where to write the HTML (default RUN_DIR/report.html)")
@@ -104,6 +113,23 @@ def _warn_if_accelerate_started_one_process() -> None:
                   "--num_processes N` starts N (gloo)", file=sys.stderr)
 
 
+def print_config_schema(section: str | None, *, flow: bool, markdown: bool) -> None:
+    """`grpokit config [SECTION] [--flow] [--markdown]`: the documented schema, wrapped to the terminal."""
+    import shutil
+
+    from grpokit import config_docs
+
+    if markdown:
+        print(config_docs.render_markdown(), end="")
+        return
+    if flow:
+        from grpokit.flow.config import FlowTrainConfig as root
+    else:
+        from grpokit.trainers.lm_config import LMTrainConfig as root
+    width = min(shutil.get_terminal_size().columns, 100)
+    print(config_docs.render_text(root, section, width=width), end="")
+
+
 # Below this terminal width the preset tables wrap every cell; `grpokit presets` prints a list instead.
 PRESET_TABLE_MIN_COLUMNS = 160
 
@@ -122,13 +148,20 @@ def print_presets() -> None:
     from rich.table import Table
 
     table = Table(title="grpokit presets (language models)")
-    for column in ("preset", "meaning", "G", "advantage", "ratio", "clip (low, high)", "aggregation", "β"):
+    for column in ("preset", "meaning", "G", "advantage", "ratio", "surrogate", "clip (low, high)", "aggregation",
+                   "β"):
         table.add_column(column)
     for name, p in PRESETS.items():
-        table.add_row(name, p.summary, str(p.num_generations), p.advantage, p.ratio_level,
-                      f"{p.eps_low:g}, {p.eps_high:g}", p.aggregation, f"{p.beta:g}")
+        table.add_row(name, p.summary, str(p.num_generations), p.advantage, p.ratio_level, p.surrogate,
+                      _clip_bounds(p), p.aggregation, f"{p.beta:g}")
     console = Console()
     console.print(table)
+    mechanisms = Table(title="registered mechanisms: the values of these Preset fields (`algorithm.overrides`)")
+    for column in ("field", "value", "meaning"):
+        mechanisms.add_column(column)
+    for field_name, name, summary in _registered_mechanisms():
+        mechanisms.add_row(field_name, name, summary)
+    console.print(mechanisms)
     flow = Table(title="flow-matching presets (`trainer: flow`)")
     for column in ("preset", "meaning", "noise a", "RatioNorm", "step balancing", "clip (low, high)"):
         flow.add_column(column)
@@ -146,17 +179,40 @@ def _print_presets_as_list(presets: dict, flow_presets: dict, width: int) -> Non
         print(textwrap.fill(f"{name}  {choices}", width=width, subsequent_indent="    "))
         print(textwrap.fill(summary, width=width, initial_indent="    ", subsequent_indent="    "))
 
-    print(textwrap.fill("grpokit presets (language models): G · advantage · ratio · clip (low, high) · "
+    print(textwrap.fill("grpokit presets (language models): G · advantage · ratio · surrogate · clip (low, high) · "
                         "aggregation · β", width=width))
     for name, p in presets.items():
-        entry(name, f"G={p.num_generations} · {p.advantage} · {p.ratio_level} · clip {p.eps_low:g}, {p.eps_high:g}"
-                    f" · {p.aggregation} · β={p.beta:g}", p.summary)
+        entry(name, f"G={p.num_generations} · {p.advantage} · {p.ratio_level} · {p.surrogate} · clip "
+                    f"{_clip_bounds(p)} · {p.aggregation} · β={p.beta:g}", p.summary)
+    print("\n" + textwrap.fill("registered mechanisms: the values of these Preset fields (`algorithm.overrides`)",
+                              width=width))
+    for field_name, name, summary in _registered_mechanisms():
+        print(textwrap.fill(f"{field_name}: {name} — {summary}", width=width, initial_indent="  ",
+                            subsequent_indent="      "))
     print("\n" + textwrap.fill("flow-matching presets (`trainer: flow`): noise a · RatioNorm · step balancing · "
                               "clip (low, high)", width=width))
     for name, p in flow_presets.items():
         entry(name, f"a={p.noise_level:g} · RatioNorm {'on' if p.ratio_norm else 'off'} · step balancing "
                     f"{'on' if p.step_balancing else 'off'} · clip {p.loss.eps_low:g}, {p.loss.eps_high:g}",
               p.summary)
+
+
+def _clip_bounds(preset) -> str:
+    """The clip bounds as "eps_low, eps_high", or "—" when the preset's surrogate reads none (SAPO, GPG)."""
+    from grpokit.algorithms.registry import SURROGATES
+
+    if "eps_low" not in SURROGATES.get(preset.surrogate).preset_args:
+        return "—"
+    return f"{preset.eps_low:g}, {preset.eps_high:g}"
+
+
+def _registered_mechanisms() -> list[tuple[str, str, str]]:
+    """(Preset field, registered name, summary) of every registered surrogate, advantage estimator, KL
+    estimator and aggregation mode (grpokit.algorithms.registry): what `grpokit presets` lists."""
+    import grpokit.algorithms.presets  # noqa: F401  (importing the presets registers the built-ins)
+    from grpokit.algorithms.registry import REGISTRIES
+
+    return [(r.preset_field, e.name, e.summary) for r in REGISTRIES for e in r.entries()]
 
 
 def _is_flow_config(path: str) -> bool:
@@ -219,6 +275,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "presets":
             print_presets()
+        elif args.command == "config":
+            print_config_schema(args.section, flow=args.flow, markdown=args.markdown)
         elif args.command == "vllm-serve":
             return vllm_serve(args.model, args.server_args)
         elif args.command == "vllm-env":

@@ -2,7 +2,8 @@
 
 Read from the run directory's `metrics.jsonl`, `alarms.jsonl` and `samples.jsonl` (so it works
 during a run and after a crash): a short text summary, the alarms, one PNG per panel — proxy vs gold,
-entropy, clip fractions, importance ratio, lengths, zero-std groups, held-out accuracy — embedded as
+entropy, clip fractions, importance ratio, lengths, zero-std groups, held-out accuracy, and for flow
+models the per-denoising-step ratios, clip fractions and gradient norms — embedded as
 base64 so the page is one file that can be mailed or attached, each captioned with what THIS run's
 curves did (the panel's reading guide is the image's tooltip), then the completions: the latest
 training samples and the fixed held-out prompts' greedy completions across training. Alarms are drawn
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grpokit.guards.events import read_events
+from grpokit.monitoring.denoising_steps import LOOK_FOR as DENOISING_STEPS_LOOK_FOR
+from grpokit.monitoring.denoising_steps import describe_denoising_steps, draw_denoising_steps
+from grpokit.monitoring.events import read_events
 from grpokit.monitoring.plots import metric_series
 from grpokit.monitoring.samples import read_samples
 from grpokit.monitoring.sinks import METRICS_FILENAME, read_metrics
@@ -93,6 +96,9 @@ PANELS: tuple[Panel, ...] = (
 )
 
 
+DENOISING_STEP_PANEL = Panel("Per denoising step (flow models)", ("flow/step*",), DENOISING_STEPS_LOOK_FOR)
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML report of `run_dir` (default `run_dir/report.html`) and return its path."""
     run_dir = Path(run_dir)
@@ -106,6 +112,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         png = draw_panel(records, panel, events)
         if png is not None:
             figures.append((panel, png, describe_panel(records, panel)))
+    png = draw_denoising_steps(records)  # flow runs: x = denoising step, not training step
+    if png is not None:
+        figures.append((DENOISING_STEP_PANEL, png, describe_denoising_steps(records)))
     samples = read_samples(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_FILENAME
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,54 +11,14 @@ failed, where, and (for a full disk) how much space is free, e.g.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from grpokit.errors import GrpokitError, RunDirError
+from grpokit.errors import RunDirError
+from grpokit.io_errors import free_mib, io_error  # noqa: F401  (re-exported)
 
 _KERNEL_TREES = (Path("/proc"), Path("/sys"))
-# How libraries that swallow errno say "disk full" (safetensors' Rust io::Error, C stdio messages).
-_FULL_DISK_PHRASES = ("no space left on device", "os error 28", "storagefull", "disk quota exceeded")
-
-
-def free_mib(path: str | Path) -> float:
-    """Free space, in MiB, of the file system holding `path` (or its nearest existing parent)."""
-    path = Path(path).absolute()
-    for candidate in (path, *path.parents):
-        try:
-            return shutil.disk_usage(candidate).free / 2**20
-        except OSError:
-            continue
-    return float("nan")
-
-
-def io_error(error: BaseException, path: str | Path, action: str = "writing") -> GrpokitError:
-    """The one-line :class:`RunDirError` for an I/O failure while `action` (writing, creating...) `path`.
-
-    Recognises a full disk also when a library hid the errno in its message (torch, safetensors).
-    An error that already is a grpokit error is returned as it is.
-    """
-    if isinstance(error, GrpokitError):
-        return error
-    code = getattr(error, "errno", None)
-    if code is None and any(phrase in str(error).lower() for phrase in _FULL_DISK_PHRASES):
-        code = errno.ENOSPC
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return RunDirError(f"no space left on device {action} {path} (free: {free_mib(path):.1f} MiB)")
-    reasons = {
-        errno.EROFS: "read-only file system",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "operation not permitted",
-        errno.ENOTDIR: "a part of the path is a file, not a directory",
-        errno.EISDIR: "is a directory",
-        errno.ENAMETOOLONG: "file name too long",
-        errno.EIO: "input/output error (failing disk or lost network mount?)",
-    }
-    reason = reasons.get(code) or getattr(error, "strerror", None) or str(error).splitlines()[0]
-    return RunDirError(f"{reason} {action} {path}")
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -140,7 +100,7 @@ def rewind_run_logs(run_dir: str | Path, resume_step: int | None, *logs) -> None
     checkpoint): the old files are moved aside to ``<name>.<UTC time>.jsonl.old``, one time for all,
     with a warning, and TensorBoard hides the old events — never two records of one step.
     """
-    from grpokit.guards.events import set_events_aside, truncate_events_after
+    from grpokit.monitoring.events import set_events_aside, truncate_events_after
     from grpokit.monitoring.jsonl import aside_stamp
 
     if resume_step is None:

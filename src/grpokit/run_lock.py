@@ -134,7 +134,7 @@ class RunLock:
             os.fsync(fd)
         except OSError as error:
             os.close(fd)
-            from grpokit.run_dir import io_error
+            from grpokit.io_errors import io_error
 
             raise io_error(error, self.path) from error
         self._fd = fd
@@ -145,7 +145,7 @@ class RunLock:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            from grpokit.run_dir import io_error
+            from grpokit.io_errors import io_error
 
             raise io_error(error, self.path) from error
 

@@ -70,3 +70,25 @@ def test_self_normalize_over_valid_tokens_and_with_global_statistics():
     torch.testing.assert_close(self_normalize_weights(weights, mask), torch.tensor([[0.5, 1.5, 0.0]]))
     out = self_normalize_weights(weights, mask, global_sum=8.0, global_count=2)
     torch.testing.assert_close(out, torch.tensor([[0.25, 0.75, 0.0]]))
+
+
+def test_importance_weight_statistics_of_applied_weights_with_hand_computed_ess():
+    # TIS weights [2, 1, 0.25 | 0.5]: mean 3.75 / 4, max 2, ESS = 3.75² / (4 · (4 + 1 + 0.0625 + 0.25))
+    _, metrics = behaviour_importance_weights(OLD, BEHAVIOUR, MASK, method="tis", cap=2.0)
+    assert metrics["is_weight_mean"].item() == pytest.approx(0.9375, rel=1e-6)
+    assert metrics["is_weight_max"].item() == pytest.approx(2.0, rel=1e-6)
+    assert metrics["is_ess"].item() == pytest.approx(3.75**2 / (4 * 5.3125), rel=1e-6)
+    # uncorrected ("none"): the statistics of ρ itself, [3, 1, 0.25 | 0.5]
+    _, metrics = behaviour_importance_weights(OLD, BEHAVIOUR, MASK, method="none")
+    assert metrics["is_weight_max"].item() == pytest.approx(3.0, rel=1e-6)
+    assert metrics["is_ess"].item() == pytest.approx(4.75**2 / (4 * 10.3125), rel=1e-6)
+
+
+def test_ess_is_one_for_equal_weights_and_the_textbook_case():
+    from grpokit.algorithms.off_policy import importance_weight_statistics
+
+    valid = torch.ones(4, dtype=torch.bool)
+    assert importance_weight_statistics(torch.full((4,), 0.7), valid)["is_ess"].item() == pytest.approx(1.0)
+    assert importance_weight_statistics(torch.tensor([1.0, 1.0, 1.0, 3.0]), valid)["is_ess"].item() == \
+        pytest.approx(0.75)  # 6² / (4 · 12)
+    assert importance_weight_statistics(torch.zeros(4), valid)["is_ess"].item() == 1.0  # nothing weighted

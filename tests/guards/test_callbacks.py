@@ -14,11 +14,10 @@ from grpokit.guards import (
     OverOptimizationAlarm,
     RatioGuard,
     ReportWriter,
-    read_events,
 )
 from grpokit.monitoring import read_metrics
+from grpokit.monitoring.events import read_events
 from grpokit.rewards import RewardRunner, load_reward
-from grpokit.trainers.lm_state import restore_weights
 
 
 class ScriptedGold:
@@ -108,7 +107,7 @@ def test_entropy_guard_with_stop_ends_the_run_after_the_alarm_step(tmp_path, mak
 
 def test_restore_without_a_best_checkpoint_returns_none(tmp_path, make_guarded_trainer):
     trainer = make_guarded_trainer(tmp_path / "run")
-    assert restore_weights(trainer, "best") is None
+    assert trainer.restore_weights("best") is None
 
 
 def test_config_sections_build_the_guards_in_order_with_the_report_last(tmp_path, make_guarded_trainer):

@@ -1,51 +1,16 @@
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
-
-
-def build_vllm_test_model(directory: Path, seed: int = 0) -> Path:
-    """A tiny Qwen2 (head dim 32: vLLM's CPU attention has no kernel for 16) + char tokenizer, saved."""
-    from grpokit.models import build_char_tokenizer, build_tiny_causal_lm
-
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                                 intermediate_size=128, initializer_range=0.2, seed=seed)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def vllm_model_dir(tmp_path_factory) -> Path:
-    return build_vllm_test_model(tmp_path_factory.mktemp("vllm_model"))
-
-
-@pytest.fixture(scope="session")
-def vllm_python() -> Path:
-    """The vLLM environment's interpreter, created on first use (a few minutes, once; see vllm_env)."""
-    from grpokit.rollout.vllm_env import ensure_vllm_python
-
-    return ensure_vllm_python(with_grpokit=True)
-
-
-@pytest.fixture(scope="session")
-def vllm_server_url(vllm_python, vllm_model_dir, tmp_path_factory):
-    """A real `grpokit vllm-serve` server on the tiny model (float32, 1 GiB KV cache), for the session."""
-    from grpokit.rollout.vllm_env import vllm_server
-
-    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    with vllm_server(str(vllm_model_dir), python=vllm_python, log_path=log_path, timeout=300,
-                     args=("--dtype", "float32", "--kv-cache-gib", "1", "--max-model-len", "256")) as url:
-        yield url
 
 
 def addition_records(limit: int = 10) -> list[dict]:
     return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(limit) for b in range(limit)]
 
 
-def _make_vllm_trainer(tmp_path, engine: str, model_dir: Path, *, server_url: str | None = None,
+def _make_vllm_trainer(build_model, tmp_path, engine: str, model_dir: Path, *, server_url: str | None = None,
                        policy_seed: int | None = None, vllm_model: Path | None = None, steps: int = 2):
     """A 2-step GRPO trainer on the tiny model whose rollouts come from a vLLM engine."""
     from grpokit.data import PromptDataset
@@ -53,7 +18,7 @@ def _make_vllm_trainer(tmp_path, engine: str, model_dir: Path, *, server_url: st
     from grpokit.trainers.lm_config import load_lm_config
 
     if policy_seed is not None:  # a policy unlike the model vLLM loaded
-        model_dir = build_vllm_test_model(tmp_path / f"policy_seed_{policy_seed}", seed=policy_seed)
+        model_dir = build_model(tmp_path / f"policy_seed_{policy_seed}", seed=policy_seed)
     rollout = {"engine": engine, "prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 6,
                "vllm": {"dtype": "float32", "kv_cache_gib": 1, "max_model_len": 256}}
     if server_url is not None:
@@ -75,9 +40,9 @@ def _make_vllm_trainer(tmp_path, engine: str, model_dir: Path, *, server_url: st
 
 
 @pytest.fixture
-def make_vllm_trainer():
+def make_vllm_trainer(build_vllm_test_model):
     """`make_vllm_trainer(tmp_path, engine, model_dir, server_url=, policy_seed=, vllm_model=)` → LMTrainer."""
-    return _make_vllm_trainer
+    return functools.partial(_make_vllm_trainer, build_vllm_test_model)
 
 
 def _trainer_logprobs(model, batch, temperature: float):

@@ -97,7 +97,8 @@ def test_reward_timeouts_must_be_positive():
 def test_one_completion_per_prompt_is_an_error_naming_the_field():
     with pytest.raises(ConfigError, match=r"rollout.num_generations: must be >= 2 for preset 'grpo', got 1"):
         load_lm_config(_with(rollout={"num_generations": 1}))
-    with pytest.raises(ConfigError, match="algorithm.overrides.num_generations: must be >= 2 for preset 'dapo'"):
+    with pytest.raises(ConfigError, match="algorithm.overrides.num_generations: must be >= 2 for preset 'dapo'"), \
+            pytest.warns(FutureWarning, match="rollout.num_generations"):
         load_lm_config(_with(algorithm={"preset": "dapo", "overrides": {"num_generations": 1}}))
     # Adaptive sampling picks G_i >= sampling.min_group_size (>= 2) itself.
     load_lm_config(_with(rollout={"num_generations": 1}, sampling={"strategy": "adaptive"}))
@@ -112,3 +113,31 @@ def test_every_reward_gets_the_default_timeout_unless_it_sets_one_or_needs_the_m
     assert [r.timeout_seconds for r in runner.rewards] == [60.0, 5.0, None]
     runner = build_rewards(load_lm_config(_with(rewards=rewards, rewards_timeout_seconds=None)))
     assert [r.timeout_seconds for r in runner.rewards] == [None, 5.0, None]
+
+
+def test_preset_overrides_are_checked_when_the_config_loads():
+    with pytest.raises(ConfigError, match=r"algorithm.overrides: unknown field\(s\) \['eps_hi'\]; allowed: .*'eps_high'"):
+        load_lm_config(_with(algorithm={"overrides": {"eps_hi": 0.28}}))
+    with pytest.raises(ConfigError, match="algorithm.overrides.eps_high: expected a number, got 'wide'"):
+        load_lm_config(_with(algorithm={"overrides": {"eps_high": "wide"}}))
+    with pytest.raises(ConfigError, match="algorithm.overrides.beta: expected a number"):
+        load_lm_config(MINIMAL, ["algorithm.overrides.beta=[1]"])
+    with pytest.raises(ConfigError, match="algorithm: .*eps_low must be"):  # a value the preset refuses, at load
+        load_lm_config(_with(algorithm={"overrides": {"eps_low": -0.1}}))
+    config = load_lm_config(_with(algorithm={"overrides": {"eps_high": "1e-3"}}))  # YAML reads 1e-3 as a string
+    assert config.algorithm.overrides == {"eps_high": 1e-3}
+
+
+def test_g_has_one_home_in_rollout_num_generations():
+    from grpokit.trainers.lm_build import build_preset
+
+    assert build_preset(load_lm_config(MINIMAL)).num_generations == 8  # unset: the preset's
+    assert build_preset(load_lm_config(_with(rollout={"num_generations": 4}))).num_generations == 4
+    with pytest.warns(FutureWarning, match="G is set as rollout.num_generations now"):
+        config = load_lm_config(_with(algorithm={"overrides": {"num_generations": 6}}))
+    assert config.rollout.num_generations == 6 and "num_generations" not in config.algorithm.overrides
+    assert build_preset(config).num_generations == 6
+    with pytest.raises(ConfigError, match=r"algorithm.overrides.num_generations \(6\) disagrees with "
+                                          r"rollout.num_generations \(4\)"):
+        load_lm_config(_with(rollout={"num_generations": 4}, algorithm={"overrides": {"num_generations": 6}}))
+

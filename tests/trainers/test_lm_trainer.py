@@ -185,3 +185,14 @@ def test_samples_every_zero_writes_no_training_samples(tmp_path, make_trainer):
 
     make_trainer(tmp_path, logging={"samples_every": 0, "eval_samples": 0}).train()
     assert read_samples(tmp_path / "run") == []
+
+
+def test_the_learning_rate_schedule_advances_once_per_training_step(tmp_path, make_trainer):
+    # 2 passes × 2 mini-batches = 4 optimizer steps per training step; the linear decay's horizon is
+    # training.max_steps = 4, so the steps use 1, 3/4, 2/4, 1/4 of the rate (lr_factor), never 0 mid-run.
+    trainer = make_trainer(tmp_path, training={"max_steps": 4, "num_iterations": 2, "mini_batches": 2,
+                                               "lr_schedule": "linear", "learning_rate": 1e-3})
+    trainer.train()
+    logged = [r["train/learning_rate"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert logged == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3], rel=1e-12, abs=0)  # float products of 1e-3
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0

@@ -25,12 +25,13 @@ import copy
 import pytest
 import torch
 
+from grpokit.algorithms.presets import PRESETS
 from grpokit.rewards import RewardRunner, load_reward
 
 GRADIENT_RTOL = 1e-8  # see the module docstring
 MICRO_BATCH_SIZES = (1, 2, 16)  # 16 = the whole mini-batch (4 prompts × 4 completions)
 
-PRESET_NAMES = ("grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "bnpo", "cispo", "grpo_2")
+PRESET_NAMES = tuple(PRESETS)  # every registered preset, new ones included
 # Every option with a statistic of the batch (and a few that must stay invariant without one).
 OPTION_CASES = {
     "top_entropy": ("grpo", {"top_entropy_quantile": 0.5, "beta": 0.0}),

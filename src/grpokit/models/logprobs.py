@@ -103,3 +103,38 @@ def sequence_logprobs(
     return logprobs_and_entropy_from_logits(
         logits, labels, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
     )
+
+
+class LogprobModule(nn.Module):
+    """The policy's training forward (per-token log-probs and entropies) as one module, for DDP.
+
+    DDP syncs gradients of what runs inside its `forward`; `sequence_logprobs` calls the decoder
+    body and the lm_head separately (chunked, never [B, T, V]), so it is wrapped whole.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        num_completion: int,
+        *,
+        temperature: float,
+        with_entropy: bool,
+        chunk_size: int,
+    ) -> tuple[Tensor, Tensor | None]:
+        logp, entropy = sequence_logprobs(
+            self.model,
+            input_ids,
+            attention_mask,
+            num_completion,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            chunk_size=chunk_size,
+        )
+        # Fresh tensors, not views: FSDP2 hooks the module's outputs, and an in-place op on a returned
+        # view would silently skip them (torch warns about it); [B, T] copies cost nothing here.
+        return logp.clone(), None if entropy is None else entropy.clone()

@@ -1,4 +1,5 @@
-"""Run monitoring: metrics sinks (JSONL, TensorBoard, W&B), terminal progress, PNG curves.
+"""Run monitoring: metrics sinks (JSONL, TensorBoard, W&B), terminal progress, PNG curves, and the run's
+JSON-lines logs: metrics, the alarm log (`events`), the completions log (`samples`).
 
 Importing this package is cheap: tensorboard, wandb and matplotlib are imported only when used.
 """

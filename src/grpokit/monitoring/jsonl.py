@@ -60,7 +60,7 @@ def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
         os.replace(temp_path, path)  # a crash here leaves the old file or the new one
     except OSError as error:
         temp_path.unlink(missing_ok=True)
-        from grpokit.run_dir import io_error
+        from grpokit.io_errors import io_error
 
         raise io_error(error, path) from error
 
@@ -109,7 +109,7 @@ class JsonlAppender:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
         except OSError as error:
-            from grpokit.run_dir import io_error
+            from grpokit.io_errors import io_error
 
             raise io_error(error, self.path) from error
 
@@ -125,7 +125,7 @@ class JsonlAppender:
                 self._last_sync = time.monotonic()
         except OSError as error:
             self._abandon()
-            from grpokit.run_dir import io_error
+            from grpokit.io_errors import io_error
 
             raise io_error(error, self.path) from error
 

@@ -11,7 +11,7 @@ majority answer ("1" to every question). One JSON object per line:
   completion and every proxy and gold ("gold/<name>") score, so one prompt can be followed across training.
 
 Multi-turn episodes (`rollout.agent`) add ``"episode": {"messages": [{"role", "content", ...}], "turns",
-"end", "tool_calls": {"valid", "malformed", "failed"}, "tool_seconds", "environment_reward", "tokens":
+"end", "tool_calls": {"valid", "malformed", "failed"}, "tool_seconds", "step_seconds", "environment_reward", "tokens":
 {"policy", "inserted"}}`` to both kinds: the whole episode with roles ("completion" is its last assistant turn).
 
 Scores that were None/NaN are null. Lines are appended and flushed as written; a resumed run cuts the

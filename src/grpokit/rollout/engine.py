@@ -1,4 +1,6 @@
-"""The interface every rollout engine satisfies (in-process sampler today; vLLM/SGLang later)."""
+"""The interface every rollout engine satisfies: `InProcessEngine` (`inprocess.py`) and the vLLM engines
+(`vllm_engine.py`: a vLLM `LLM` in this process, or a `grpokit vllm-serve` server); a new engine is one file.
+"""
 
 from __future__ import annotations
 

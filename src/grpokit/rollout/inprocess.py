@@ -4,7 +4,7 @@ Each prompt is prefilled once, its KV cache repeated n times, then one token per
 per step. Rows that stop (EOS or a stop token, which is kept) are padded afterwards and dropped
 from the forward batch and the cache; the loop ends when every row has stopped or max_new_tokens
 is reached. The outputs and the attention mask are allocated once, at full size, and written
-column by column. Tokens are drawn by `grpokit.rollout.sampling` (HF's semantics, one uniform
+column by column. Tokens are drawn by `grpokit.rollout.token_sampling` (HF's semantics, one uniform
 number per row instead of HF's one exponential per vocabulary entry).
 
 Where the time goes (tiny Qwen2, vocab 32k, 128 rows × 64 tokens, one CPU thread, profiled): the
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from grpokit.models.logprobs import position_ids_from_attention_mask
 from grpokit.rollout.prompts import encode_prompts, left_pad, pad_token_id_of
-from grpokit.rollout.sampling import sample_next_tokens, top_k_filter, top_p_filter
+from grpokit.rollout.token_sampling import sample_next_tokens, top_k_filter, top_p_filter
 from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams
 
 __all__ = ["InProcessEngine", "per_prompt_uniforms", "sample_next_tokens", "top_k_filter", "top_p_filter"]

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from grpokit.rollout.prompts import encode_prompts, left_pad, pad_token_id_of
 from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams
+from grpokit.seeds import engine_prompt_seed
 
 
 # ---------------------------------------------------------------------- weights, as vLLM names them
@@ -100,7 +101,7 @@ def prompt_seeds_for(sampling: SamplingParams, num_prompts: int,
     if sampling.seed is None:
         return None
     # vLLM gives the k-th of n children seed + k: space prompts apart so their streams never overlap.
-    return [(sampling.seed * 1_000_003 + 65_537 * i) % 2**63 for i in range(num_prompts)]
+    return [engine_prompt_seed(sampling.seed, i) % 2**63 for i in range(num_prompts)]
 
 
 def rollout_from_rows(rows: list[dict], prompt_token_ids: list[list[int]], prompts: list[str], n: int, *,

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from grpokit.config_schema import ConfigError
+from grpokit.models.logprobs import LogprobModule
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -197,43 +198,6 @@ def broadcast_from_main(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- the trainer's view
-class LogprobModule(nn.Module):
-    """The policy's training forward (per-token log-probs and entropies) as one module, for DDP.
-
-    DDP syncs gradients of what runs inside its `forward`; `sequence_logprobs` calls the decoder
-    body and the lm_head separately (chunked, never [B, T, V]), so it is wrapped whole.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        num_completion: int,
-        *,
-        temperature: float,
-        with_entropy: bool,
-        chunk_size: int,
-    ) -> tuple[Tensor, Tensor | None]:
-        from grpokit.models.logprobs import sequence_logprobs
-
-        logp, entropy = sequence_logprobs(
-            self.model,
-            input_ids,
-            attention_mask,
-            num_completion,
-            temperature=temperature,
-            with_entropy=with_entropy,
-            chunk_size=chunk_size,
-        )
-        # Fresh tensors, not views: FSDP2 hooks the module's outputs, and an in-place op on a returned
-        # view would silently skip them (torch warns about it); [B, T] copies cost nothing here.
-        return logp.clone(), None if entropy is None else entropy.clone()
-
-
 class DataParallel:
     """Rank, world size and the collectives the trainer needs; a single process when W = 1."""
 

@@ -59,7 +59,14 @@ def describe_example(number: int, example: EvalExample) -> str:
 
     scores = ", ".join(f"{name} {score(value)}" for name, value in example.scores.items())
     kind = "greedy" if example.greedy else "sampled"
+    if example.episode is not None:  # a multi-turn episode: every message after the prompt, by role
+        messages = example.episode["messages"]
+        first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+        turns = "".join(f"\n  [{m['role']}] {m['content']!r}" for m in messages[first:])
+        completion = f"episode ({kind}, {example.episode['turns']} turns, end: {example.episode['end']}):{turns}"
+    else:
+        completion = f"completion ({kind}): {example.completion!r}"
     return (f"--- example {number} (eval row {example.index}) ---\n"
             f"prompt: {example.prompt!r}\n"
-            f"completion ({kind}): {example.completion!r}\n"
+            f"{completion}\n"
             f"scores: {scores}")

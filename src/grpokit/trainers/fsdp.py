@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from grpokit.config_schema import ConfigError
-from grpokit.trainers.distributed import LogprobModule
+from grpokit.models.logprobs import LogprobModule
 
 log = logging.getLogger("grpokit.distributed")
 

@@ -7,8 +7,10 @@ The loop is the algorithm box:
         rewards  ← score every completion                             (inside `sample`, for DAPO)
         batch    ← advantages, loss mask, old/ref log-probs            (`prepare`)
         μ passes of mini-batch updates, micro-batched                  (`update`)
-        log, evaluate, checkpoint
+        log, evaluate, checkpoint                                      (`grpokit.trainers.run_loop`)
 
+One step is `train_step`; the run around it (LR schedule, callbacks, logs, evaluations, checkpoints,
+resuming) is the run loop the flow trainer shares.
 Which advantage, ratio, clip, aggregation and corrections apply is the preset's business
 (`grpokit.algorithms.presets`); the loop has no per-variant branches beyond asking the preset.
 """
@@ -26,11 +28,11 @@ import torch
 from torch import Tensor
 
 from grpokit.algorithms import (
-    combine_rewards,
+    compute_advantages,
+    default_overlong_cache_len,
     kl_reward_penalty,
     overlong_filter_mask,
     policy_loss,
-    rloo_advantages,
     soft_overlong_penalty,
 )
 from grpokit.algorithms.batch_statistics import (
@@ -43,6 +45,7 @@ from grpokit.algorithms.batch_statistics import (
 from grpokit.algorithms.policy_loss import loss_statistic_inputs
 from grpokit.algorithms.presets import Preset
 from grpokit.rollout.types import SamplingParams
+from grpokit.seeds import evaluation_seed, generation_call, mini_batch_seed, sampling_seed, token_key_seed
 from grpokit.trainers.batching import (
     TrainingBatch,
     micro_batch_rows,
@@ -52,12 +55,13 @@ from grpokit.trainers.batching import (
 )
 from grpokit.trainers.distributed import (
     DataParallel,
-    NullLogger,
     check_multiprocess_config,
     merge_update_stats,
     prompt_seed,
 )
 from grpokit.trainers.lm_config import LMTrainConfig
+from grpokit.trainers.lm_run import LMRunCoordination
+from grpokit.trainers.lr_schedule import make_lr_scheduler
 from grpokit.trainers.scored import (
     ScoredRollout,
     concat_scored,
@@ -78,8 +82,13 @@ LM_PLOT_KEYS = (
 )
 
 
-class LMTrainer:
-    """GRPO-family trainer for causal language models; see `grpokit.trainers.lm_build` for `from_config`."""
+class LMTrainer(LMRunCoordination):
+    """GRPO-family trainer for causal language models; see `grpokit.trainers.lm_build` for `from_config`.
+    `train()`, the run loop's hooks and the guards' interface: `grpokit.trainers.lm_run`."""
+
+    plot_keys = LM_PLOT_KEYS
+    progress_fields = {"reward": "reward/mean", "kl": "train/kl", "len": "completion/length_mean"}
+    group_relative = True  # advantages from each group's rewards: all-equal groups teach nothing (PPO: False)
 
     def __init__(self, config: LMTrainConfig, *, policy, engine, train_data, sampler, reward_runner,
                  preset: Preset, eval_data=None, accelerator=None, callbacks: list | None = None,
@@ -128,7 +137,15 @@ class LMTrainer:
             self.weights_policy = Policy(full_copy, policy.tokenizer, is_lora=policy.is_lora)
         self.train_module = self.parallel.wrap(policy.model)
         self.optimizer = self._make_optimizer()  # after wrapping: FSDP2 swaps the parameters for shards
-        self.scheduler = self._make_scheduler()
+        # training.async: a producer samples step s with the weights of step s − k while this one updates
+        # (grpokit.trainers.async_rollouts); None = sample, then update.
+        self.pipeline = None
+        if config.training.async_.max_staleness:
+            from grpokit.trainers.async_rollouts import AsyncRollouts, check_async_config
+
+            check_async_config(config, self.parallel.world_size)
+            self.pipeline = AsyncRollouts(self)
+        self.scheduler = make_lr_scheduler(self.optimizer, config.training)  # stepped by the run loop
 
     # ------------------------------------------------------------------ set-up
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -136,21 +153,6 @@ class LMTrainer:
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                                  weight_decay=t.weight_decay)
-
-    def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
-        t = self.config.training
-
-        def factor(step: int) -> float:
-            if step < t.warmup_steps:
-                return (step + 1) / t.warmup_steps
-            progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-            if t.lr_schedule == "linear":
-                return max(0.0, 1.0 - progress)
-            if t.lr_schedule == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-            return 1.0
-
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     @property
     def model(self):
@@ -161,15 +163,16 @@ class LMTrainer:
         # Seeded per step, so a resumed run samples exactly what an uninterrupted one would.
         return SamplingParams(max_new_tokens=r.max_new_tokens,
                               temperature=r.temperature if temperature is None else temperature,
-                              top_p=r.top_p, top_k=r.top_k, seed=self.config.training.seed * 1_000_003 + step)
+                              top_p=r.top_p, top_k=r.top_k, seed=sampling_seed(self.config.training.seed, step))
 
     # ------------------------------------------------------------------ 1. sample and score
-    def sample(self, step: int) -> ScoredRollout:
+    def sample(self, step: int, *, engine=None) -> ScoredRollout:
         """G_i completions for each of P prompts, scored; with dynamic sampling, only informative groups.
 
         G_i is the sampler's choice when it has `group_sizes(indices)` (adaptive sampling), else
         `rollout.num_generations` for every prompt. Dynamic sampling (DAPO) drops all-equal groups and
         draws more prompts, at most `max_dynamic_sampling_rounds` extra rounds, until P are kept.
+        `engine`: another engine than the trainer's (the asynchronous producer's copy of older weights).
         """
         wanted = self.config.rollout.prompts_per_step
         rounds = 1 + (self.config.rollout.max_dynamic_sampling_rounds if self.preset.dynamic_sampling else 0)
@@ -178,7 +181,7 @@ class LMTrainer:
         for round_index in range(rounds):
             used_rounds += 1
             indices = self.sampler.next_batch(wanted - have if round_index else wanted)
-            scored = self._generate_and_score(indices, step, round_index)
+            scored = self._generate_and_score(indices, step, round_index, engine or self.engine)
             generated += len(scored.rollout)
             if self.preset.dynamic_sampling:
                 informative = informative_groups(scored.total_reward, scored.rollout.group_ids)
@@ -199,10 +202,10 @@ class LMTrainer:
         merged.generated_rollouts = generated
         return merged
 
-    def _generate_and_score(self, indices: list[int], step: int, round_index: int) -> ScoredRollout:
+    def _generate_and_score(self, indices: list[int], step: int, round_index: int, engine) -> ScoredRollout:
         from grpokit.sampling.groups import expand_per_group, generate_groups
 
-        params = self.sampling_params(step * 17 + round_index)
+        params = self.sampling_params(generation_call(step, round_index))
         # One seed per prompt of the global batch, then this rank's contiguous slice of whole groups:
         # what a prompt samples does not depend on how many processes share the batch.
         seeds = [prompt_seed(params.seed, index, position) for position, index in enumerate(indices)]
@@ -215,7 +218,7 @@ class LMTrainer:
             rows = [self.train_data[i] for i in indices]
             rollout = self.agent.generate_episodes(rows, sizes, params, prompt_seeds=seeds)
         else:
-            rollout = generate_groups(self.engine, prompts, sizes, params,
+            rollout = generate_groups(engine, prompts, sizes, params,
                                       pad_token_id=self.policy.tokenizer.pad_token_id or 0, prompt_seeds=seeds)
         columns = expand_per_group(self.train_data.columns_for(indices), sizes)
         if rollout.trajectories is not None:  # rewards may read whole episodes (`trajectories=`)
@@ -229,7 +232,7 @@ class LMTrainer:
         names = list(result.names)
         if self.preset.soft_overlong:
             max_len = self.config.rollout.max_new_tokens
-            cache = self.preset.overlong_cache_len or max(1, max_len // 5)
+            cache = self.preset.overlong_cache_len or default_overlong_cache_len(max_len)
             penalty = soft_overlong_penalty(rollout.completion_mask.sum(1), max_len=max_len, cache_len=cache)
             rewards = torch.cat([rewards, penalty.unsqueeze(1).to(rewards.dtype)], dim=1)
             names.append("preset/soft_overlong")
@@ -278,12 +281,7 @@ class LMTrainer:
         group_ids, first_row = rollout.group_ids, 0
         if self.parallel.enabled:  # batch-level statistics (batch std) over every rank's rows
             rewards, group_ids, first_row = self.parallel.global_rewards(rewards, group_ids)
-        if self.preset.advantage == "rloo":
-            advantages = rloo_advantages(weighted_total(rewards, weights), group_ids)
-        else:
-            advantages = combine_rewards(rewards, weights, group_ids, mode=self.preset.multi_reward,
-                                         scale=self.preset.advantage, std=self.preset.std,
-                                         eps=self.preset.advantage_eps)
+        advantages = compute_advantages(self.preset, rewards, weights, group_ids)
         if self.parallel.enabled:  # this rank's rows
             advantages = advantages[first_row : first_row + len(rollout)].to(rollout.group_ids.device)
         batch.advantages = advantages.float()
@@ -364,8 +362,8 @@ class LMTrainer:
         """μ passes over the batch; each pass = `mini_batches` optimizer steps of accumulated micro-batches."""
         t = self.config.training
         self.model.train()
-        generator = torch.Generator().manual_seed(t.seed * 7919 + step)
-        key_generator = torch.Generator().manual_seed(t.seed * 104_729 + step)  # Clip-Cov's token keys
+        generator = torch.Generator().manual_seed(mini_batch_seed(t.seed, step))
+        key_generator = torch.Generator().manual_seed(token_key_seed(t.seed, step))  # Clip-Cov's token keys
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for _ in range(t.num_iterations):
@@ -423,126 +421,46 @@ class LMTrainer:
         if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm over every shard, as a DTensor
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
-        self.scheduler.step()
         for key, weight in token_weights.items():
             if weight > 0:
                 stats[key] /= weight
         stats["grad_norm"] = float(grad_norm)
         return stats
 
-    # ------------------------------------------------------------------ the run
-    def train(self) -> dict[str, float]:
-        """Run (or resume) training to `max_steps`; returns the last evaluation's metrics.
-
-        The run directory is locked for the whole run (`grpokit.run_dir.training_run_dir`): a second
-        trainer on it stops at once with a `RunDirError` naming this one.
-        """
-        from grpokit.run_dir import training_run_dir
-
-        with training_run_dir(self.run_dir, self.parallel):
-            return self._train()
-
-    def _train(self) -> dict[str, float]:
-        from grpokit.guards.state import run_end
-        from grpokit.monitoring import MetricsLogger, TrainingProgress
-        from grpokit.monitoring.samples import SamplesLog
-        from grpokit.trainers.lm_state import announce, finished_message, resume_latest, save_checkpoint
-
-        cfg = self.config
-        resumed = resume_latest(self) if cfg.checkpoint.resume else None  # the checkpoint's path
-        if resumed and self._stopped_by_guard():
-            return {}
-        finished = finished_message(self, resumed)
-        if finished is not None:
-            announce(self, finished)
-            return {}
-        if resumed:
-            announce(self, f"resuming from step {self.step} of {cfg.training.max_steps} ({resumed})")
-        self._sync_engine()  # the engine starts from the (resumed, warmed-up) policy
-        last_eval: dict[str, float] = {}
-        main = self.parallel.is_main  # only rank 0 logs, shows progress, writes files
-        with (MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
-                            wandb_project=cfg.logging.wandb_project, config=_config_dict(cfg))
-              if main else NullLogger()) as logger, \
-                (SamplesLog(self.run_dir) if main else contextlib.nullcontext()) as self.samples_log, \
-                TrainingProgress(cfg.training.max_steps, description=f"{self.preset.name}",
-                                 disable=not (cfg.logging.progress and main),
-                                 start_step=self.step) as progress:
-            if main:  # metrics, alarms, samples, TensorBoard: cut to the resumed step (the replayed steps log
-                # again), or a checkpoint-less earlier attempt's logs set aside
-                from grpokit.run_dir import rewind_run_logs
-
-                rewind_run_logs(self.run_dir, self.step if resumed else None, logger, self.samples_log)
-            if not resumed and self.eval_data is not None:
-                last_eval = self._evaluate_on_main()
-                logger.log(0, last_eval)
-            while self.step < cfg.training.max_steps and not self.should_stop:
-                metrics = self.train_step(self.step)
-                self.step += 1
-                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_data is not None:
-                    last_eval = self._evaluate_on_main()
-                    metrics.update(last_eval)
-                self._notify("on_step_end", self.step, metrics)
-                self.should_stop = self.parallel.broadcast(self.should_stop)  # callbacks ran on rank 0
-                logger.log(self.step, metrics)
-                shown = {"reward": "reward/mean", "kl": "train/kl", "len": "completion/length_mean"}
-                progress.update(self.step, **{k: metrics[v] for k, v in shown.items() if v in metrics})
-                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
-                    self._save_on_main(save_checkpoint)
-            if self.eval_data is not None and not (cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0):
-                last_eval = self._evaluate_on_main()
-                logger.log(self.step, last_eval)
-        self.samples_log = None
-        # Saved with the final checkpoint: a rerun of a run a guard stopped does not silently train on.
-        self.run_end = run_end(step=self.step, max_steps=cfg.training.max_steps, stop=self.stop_reason,
-                               stopped=self.should_stop)
-        self._save_on_main(save_checkpoint)
-        self._notify("on_train_end")
-        if cfg.logging.plot and main:
-            from grpokit.monitoring import plot_metrics
-
-            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", keys=LM_PLOT_KEYS)
-        return last_eval
-
-    def _stopped_by_guard(self) -> bool:
-        """After resuming a run that a guard stopped: say so; True (do not train) unless asked to go on."""
-        from grpokit.guards.state import describe_run_end, is_guard_stop
-        from grpokit.trainers.lm_state import announce
-
-        if not is_guard_stop(self.run_end):
-            return False
-        what = describe_run_end(self.run_end)
-        if not self.config.guards.continue_after_stop:
-            announce(self, f"run was {what}; pass --continue (or set guards.continue_after_stop: true) to train on")
-            return True
-        announce(self, f"run was {what}; training on from step {self.step} (--continue)")
-        self.run_end = self.stop_reason = None
-        self._notify("on_continue")  # the guards watch and act again; their best-gold memory stays
-        return False
-
+    # ------------------------------------------------------------------ one step (the run: grpokit.trainers.run_loop)
     def train_step(self, step: int) -> dict[str, float]:
         """One GRPO step: sample and score → advantages → μ passes of updates. Returns its metrics."""
         started = time.perf_counter()
-        scored = self.sample(step)
+        scored = self.sample(step) if self.pipeline is None else self.pipeline.take(step)  # async: waits only
         rollout_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        sampler_metrics = self.sampler.metrics() if hasattr(self.sampler, "metrics") else {}
+        if self.pipeline is not None:  # the producer draws ahead: the sampler as it was when it drew this step
+            sampler_metrics = dict(self.pipeline.sampler_metrics)
+        else:
+            sampler_metrics = self.sampler.metrics() if hasattr(self.sampler, "metrics") else {}
         sampler_metrics["rollouts/step"] = float(scored.generated_rollouts)
         if len(scored.prompt_indices) == 0:
+            if self.pipeline is not None:  # no update, but version s + 1 (= version s) is what s + 1 + k waits for
+                self.pipeline.publish(step + 1)
+                sampler_metrics.update(self.pipeline.step_metrics())
             return {"dynamic_sampling/rounds": float(scored.generation_rounds),
                     "dynamic_sampling/dropped_groups": float(scored.dropped_groups), "train/skipped": 1.0,
                     **sampler_metrics}
         batch = self.prepare(scored)
+        if self.pipeline is not None:  # 1, or < 1 for a down-weighted stale rollout (training.async)
+            batch.advantages = batch.advantages * self.pipeline.advantage_scale()
         self._log_samples(step + 1, scored, batch)  # before the update: these advantages drove it
         stats = self.update(batch, step)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         self._sync_engine()  # the next rollout samples from the updated policy
+        if self.pipeline is not None:
+            self.pipeline.publish(step + 1)  # the producer samples step s + 1 + k with these weights
         sync_seconds = time.perf_counter() - started
         # Batch metrics of the whole global batch: every rank's per-row values, gathered.
         view = self.parallel.global_step_view(scored, batch) if self.parallel.enabled else (scored, batch)
         metrics = step_metrics(*view, stats)
-        reason = no_gradient_reason(view[0].total_reward, view[0].rollout.group_ids)
+        reason = no_gradient_reason(view[0].total_reward, view[0].rollout.group_ids) if self.group_relative else None
         if reason is not None and self.parallel.is_main:
             log.warning("step %d: %s", step + 1, reason)
         tokens, sampler_metrics["rollouts/step"] = self.parallel.sum(
@@ -554,10 +472,11 @@ class LMTrainer:
             "time/weight_sync_seconds": sync_seconds,
             "time/rollout_tokens_per_second": tokens / max(rollout_seconds, 1e-9),
             "time/train_tokens_per_second": tokens * self.config.training.num_iterations / max(train_seconds, 1e-9),
-            "train/learning_rate": self.scheduler.get_last_lr()[0],
             "tokens_seen": float(self.tokens_seen),
         })
         metrics.update(sampler_metrics)
+        if self.pipeline is not None:  # staleness, idle seconds of producer and trainer
+            metrics.update(self.pipeline.step_metrics())
         if scored.rollout.trajectories is not None:  # turns, tool calls, tool seconds, tokens by role
             from grpokit.agents.episodes import episode_metrics
 
@@ -579,18 +498,7 @@ class LMTrainer:
             advantages=batch.advantages.tolist(), groups=self.config.logging.samples_per_log,
             episodes=None if rollout.trajectories is None else [t.to_dict() for t in rollout.trajectories]))
 
-    def _sync_engine(self) -> None:
-        """Hand the current weights to the engine; one push per server, not one per rank."""
-        if self.parallel.fsdp:  # every rank gathers the shards into its full-weights copy
-            from grpokit.trainers.fsdp import full_state_dict
-
-            self.weights_policy.model.load_state_dict(full_state_dict(self.model))
-        shared = getattr(self.engine, "shared_across_ranks", False)
-        if not shared or self.parallel.is_main:
-            self.engine.sync_weights(self.weights_policy.model)
-        if shared:
-            self.parallel.barrier()  # no rank samples before the new weights landed
-
+    # ------------------------------------------------------------------ evaluation
     def evaluate(self, *, callbacks: bool = True) -> dict[str, float]:
         """Held-out accuracies (percent) of the proxy and gold rewards; then the callbacks' on_evaluate
         (the gold guard: gold/proxy scores, `checkpoints/best`), unless `callbacks=False`."""
@@ -608,48 +516,17 @@ class LMTrainer:
         settings = EvalSettings(num_prompts=e.num_prompts, samples_per_prompt=e.samples_per_prompt,
                                 temperature=e.temperature, greedy=e.greedy, max_new_tokens=r.max_new_tokens,
                                 top_p=r.top_p, top_k=r.top_k, reward=e.reward,
-                                success_threshold=e.success_threshold, seed=self.config.training.seed + 99991)
+                                success_threshold=e.success_threshold, seed=evaluation_seed(self.config.training.seed))
         metrics, examples = evaluate_with_examples(self.agent or self.engine, self.policy.tokenizer, self.eval_data,
                                                    self.reward_runner, settings, gold_runner=self.gold_runner)
         if self.samples_log is not None:
             self.samples_log.write(eval_records(self.step, examples, self.config.logging.eval_samples))
         self.eval_history.append((self.step, metrics))
         if callbacks:
-            self._notify("on_evaluate", self.step, metrics)
+            from grpokit.trainers.run_loop import notify
+
+            notify(self, "on_evaluate", self.step, metrics)
         return metrics, examples
-
-    def _evaluate_on_main(self) -> dict[str, float]:
-        """Rank 0 evaluates (and runs the on_evaluate callbacks); every rank gets its metrics, should_stop."""
-        if not self.parallel.enabled:
-            return self.evaluate()
-        metrics = self.evaluate() if self.parallel.is_main else None
-        metrics, self.should_stop = self.parallel.broadcast((metrics, self.should_stop))
-        return metrics
-
-    def _save_on_main(self, save) -> None:
-        """Rank 0 writes the checkpoint (all ranks hold the same state); the others wait until it is whole.
-
-        Under FSDP every rank first gathers the sharded optimizer state (a collective) for rank 0 to write.
-        """
-        optimizer_state = None
-        if self.parallel.fsdp:
-            from grpokit.trainers.fsdp import FullOptimizerState
-
-            optimizer_state = FullOptimizerState(self.train_module, self.optimizer).state_dict()
-        self.parallel.barrier()
-        if self.parallel.is_main and self.parallel.fsdp:
-            save(self, optimizer_state=optimizer_state)
-        elif self.parallel.is_main:
-            save(self)
-        self.parallel.barrier()
-
-    def _notify(self, event: str, *args) -> None:
-        if not self.parallel.is_main:  # callbacks write files and act once: rank 0 runs them
-            return
-        for callback in self.callbacks:
-            handler = getattr(callback, event, None)
-            if handler is not None:
-                handler(self, *args)
 
     def _backward(self, loss: Tensor) -> None:
         if self.accelerator is not None:
@@ -657,8 +534,3 @@ class LMTrainer:
         else:
             loss.backward()
 
-
-def _config_dict(config: LMTrainConfig) -> dict:
-    from grpokit.config_schema import to_dict
-
-    return to_dict(config)

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
-from grpokit.algorithms.presets import get_preset
-from grpokit.config_schema import ConfigError, coerce_fields
+from grpokit.config_schema import ConfigError
 from grpokit.trainers.lm import LMTrainer
-from grpokit.trainers.lm_config import LMTrainConfig
+from grpokit.trainers.lm_config import LMTrainConfig, resolved_preset
 
 
 def build_preset(config: LMTrainConfig):
-    from grpokit.algorithms.presets import Preset
-
-    overrides = coerce_fields(Preset, config.algorithm.overrides, "algorithm.overrides")
-    try:
-        preset = get_preset(config.algorithm.preset, **overrides)
-    except ValueError as error:
-        raise ConfigError(f"algorithm: {error}") from error
-    if config.rollout.num_generations is not None:
-        preset = dataclasses.replace(preset, num_generations=config.rollout.num_generations)
-    if (config.rollout.engine != "inprocess" and preset.behaviour_correction == "none"
+    """The run's preset: `resolved_preset` (overrides, G from rollout.num_generations), then the vLLM default."""
+    preset = resolved_preset(config)
+    off_policy = config.rollout.engine != "inprocess" or config.training.async_.max_staleness > 0
+    if (off_policy and preset.behaviour_correction == "none"
             and "behaviour_correction" not in config.algorithm.overrides):
-        # vLLM's kernels are not the trainer's: truncated IS (token level, cap behaviour_cap) by default.
+        # vLLM's kernels are not the trainer's, and an asynchronous rollout comes from older weights:
+        # truncated IS (token level, cap behaviour_cap) by default.
         preset = dataclasses.replace(preset, behaviour_correction="tis")
     return preset
 
@@ -117,7 +111,12 @@ def build_trainer(config: LMTrainConfig, *, policy=None, train_data=None, eval_d
     # The evaluation scores the gold rewards too (eval/gold_*): one runner for both.
     gold_runner = build_gold_runner(config)
     callbacks = with_guards(config, callbacks, gold_runner=gold_runner)
-    return LMTrainer(config, policy=policy, engine=engine, train_data=train_data, sampler=sampler,
+    trainer_class = LMTrainer
+    if preset.advantage == "gae":  # PPO: GAE reads a learned critic's values
+        from grpokit.trainers.ppo import PPOTrainer
+
+        trainer_class = PPOTrainer
+    return trainer_class(config, policy=policy, engine=engine, train_data=train_data, sampler=sampler,
                      reward_runner=reward_runner, preset=preset, eval_data=eval_data, accelerator=accelerator,
                      callbacks=callbacks, gold_runner=gold_runner, agent=agent)
 
@@ -245,6 +244,6 @@ def build_adaptive_sampler(config: LMTrainConfig, group_size: int, num_prompts: 
             adaptive_group_size=s.adaptive_group_size, prior_alpha=s.prior_alpha, prior_beta=s.prior_beta,
             discount=s.discount, success_threshold=s.success_threshold, score=s.score,
             skip_below=s.skip_below, revisit_floor=s.revisit_floor, calibration_bins=s.calibration_bins,
-            seed=config.training.seed)
+            epoch_coverage=s.epoch_coverage, seed=config.training.seed)
     except ValueError as error:
         raise ConfigError(f"sampling: {error}") from error

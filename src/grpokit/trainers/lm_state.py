@@ -47,7 +47,7 @@ def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | 
     """The trainer's whole state as `checkpoints/step-N`, or `checkpoints/<tag>` ("best"...: never pruned).
 
     Under FSDP the optimizer is sharded: `optimizer_state` is its state gathered beforehand by every
-    rank (`LMTrainer._save_on_main`); a tagged save made by rank 0 alone (a guard's best-gold copy)
+    rank (`LMTrainer.save_run_checkpoint`); a tagged save made by rank 0 alone (a guard's best-gold copy)
     holds the weights without the optimizer.
     """
     from grpokit.models.loading import save_policy
@@ -61,6 +61,9 @@ def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | 
         if merged and policy.is_lora:
             # The merged copy is for users; resuming needs the adapter itself.
             save_policy(policy, Path(directory) / "adapter", merged=False)
+        save_extra = getattr(trainer, "save_extra_checkpoint_files", None)  # e.g. PPO's critic
+        if save_extra is not None:
+            save_extra(Path(directory).parent)  # beside model/, inside the checkpoint being written
 
     optimizer = trainer.optimizer
     if _fsdp(trainer):
@@ -68,6 +71,9 @@ def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | 
 
         optimizer = GatheredState(optimizer_state) if optimizer_state is not None else None
     extra = {"sampler": trainer.sampler.state_dict(), "tokens_seen": trainer.tokens_seen, **_guard_extra(trainer)}
+    pipeline = getattr(trainer, "pipeline", None)
+    if pipeline is not None:  # training.async: the sampled-but-untrained rollouts, the sampler as of the last
+        extra.update(pipeline.checkpoint_state(trainer.step))
     return _manager(trainer).save(trainer.step, model_saver=save_model, optimizer=optimizer,
                                   scheduler=trainer.scheduler, extra_state=extra, tag=tag)
 
@@ -116,6 +122,9 @@ def resume_latest(trainer) -> Path | None:
     if policy.is_lora and (weights / "adapter").is_dir():
         weights = weights / "adapter"
     load_policy_weights(policy, weights)
+    load_extra = getattr(trainer, "load_extra_checkpoint_files", None)  # e.g. PPO's critic
+    if load_extra is not None:
+        load_extra(path)
     if _fsdp(trainer):  # every rank loaded the full weights; each keeps its shards of them
         from grpokit.trainers.fsdp import load_full_state_dict
 
@@ -123,25 +132,25 @@ def resume_latest(trainer) -> Path | None:
     trainer.step = int(state["step"])
     extra = state["extra_state"]
     trainer.sampler.load_state_dict(extra["sampler"])
+    _load_async_queue(trainer, extra)
     trainer.tokens_seen = int(extra.get("tokens_seen", 0))
     _load_guard_extra(trainer, extra)
     return path
 
 
-def finished_message(trainer, checkpoint: Path | None) -> str | None:
-    """Why a resumed run has nothing left to do (it reached `max_steps`), or None when it goes on."""
-    max_steps = trainer.config.training.max_steps
-    if checkpoint is not None and trainer.step >= max_steps:
-        return f"run already finished at step {trainer.step} ({checkpoint}); nothing to do"
-    return None
+def _load_async_queue(trainer, extra: dict) -> None:
+    """training.async: the rollouts sampled but not trained on when the checkpoint was written."""
+    from grpokit.trainers.async_rollouts import ASYNC_QUEUE_KEY
 
+    pipeline = getattr(trainer, "pipeline", None)
+    if pipeline is not None:
+        pipeline.load_checkpoint_state(extra)
+    elif extra.get(ASYNC_QUEUE_KEY):  # resumed with training.async off: their prompts are not trained on
+        import logging
 
-def announce(trainer, message: str) -> None:
-    """A line about the run as a whole (resuming, already finished) on stderr, from rank 0 only."""
-    import sys
-
-    if trainer.parallel.is_main:
-        print(f"grpokit: {message}", file=sys.stderr, flush=True)
+        logging.getLogger("grpokit.trainer").warning(
+            "the checkpoint holds %d queued asynchronous rollouts (training.async); resumed synchronously, their "
+            "prompts are skipped", len(extra[ASYNC_QUEUE_KEY]))
 
 
 def _guard_extra(trainer) -> dict:
