@@ -65,3 +65,22 @@ class CheckpointConfig:
     keep_last: int = 2  # older step checkpoints are deleted (checkpoints/best is kept apart)
     save_merged_lora: bool = False  # LoRA: merged weights instead of the adapter only
     resume: bool = True  # continue from run_dir's latest checkpoint when there is one
+
+
+def move_num_generations_to_rollout(config: Any) -> str:
+    """G has one home, `rollout.num_generations`; older configs set it as `algorithm.overrides.num_generations`,
+    which is moved there with a warning (an error when both are set and differ). Returns the field the user
+    wrote G in, for error messages. Shared by the LM and flow configs."""
+    import warnings
+
+    old = config.algorithm.overrides.pop("num_generations", None)
+    if old is None:
+        return "rollout.num_generations"
+    new = config.rollout.num_generations
+    if new is not None and new != old:
+        raise ConfigError(f"algorithm.overrides.num_generations ({old}) disagrees with rollout.num_generations "
+                          f"({new}); G is set in rollout.num_generations only")
+    warnings.warn("algorithm.overrides.num_generations: G is set as rollout.num_generations now; the override is "
+                  "read for now", FutureWarning, stacklevel=4)
+    config.rollout.num_generations = old
+    return "algorithm.overrides.num_generations"

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from grpokit.config_schema import ConfigError, apply_overrides, checked_overrides, from_dict
-from grpokit.config_sections import CheckpointConfig, LoggingConfig, LoraConfig, RewardConfig
+from grpokit.config_sections import (
+    CheckpointConfig,
+    LoggingConfig,
+    LoraConfig,
+    RewardConfig,
+    move_num_generations_to_rollout,
+)
 
 from .policy import TRAIN_STEP_SELECTIONS
 from .presets import FLOW_PRESETS, FlowPreset
@@ -200,21 +206,13 @@ def load_flow_config(source: str | Path | dict, overrides: list[str] | None = No
 
 
 def _move_num_generations_to_rollout(config: FlowTrainConfig) -> None:
-    """G has one home, `rollout.num_generations` (as in the LM config); `algorithm.overrides.num_generations`
-    is moved there with a warning."""
-    old = config.algorithm.overrides.pop("num_generations", None)
-    if old is None:
+    """`move_num_generations_to_rollout`, and a moved G must be at least 2."""
+    if move_num_generations_to_rollout(config) != "algorithm.overrides.num_generations":
         return
-    new = config.rollout.num_generations
-    if new is not None and new != old:
-        raise ConfigError(f"algorithm.overrides.num_generations ({old}) disagrees with rollout.num_generations "
-                          f"({new}); G is set in rollout.num_generations only")
-    warnings.warn("algorithm.overrides.num_generations: G is set as rollout.num_generations now; the override is "
-                  "read for now", FutureWarning, stacklevel=3)
+    old = config.rollout.num_generations
     if old < 2:
         raise ConfigError(f"algorithm.overrides.num_generations: must be >= 2 (advantages compare the images of a "
                           f"group), got {old}")
-    config.rollout.num_generations = old
 
 
 def _renamed_sections(raw: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from grpokit.config_schema import ConfigError, apply_overrides, checked_overrides, from_dict
-from grpokit.config_sections import CheckpointConfig, LoggingConfig, LoraConfig, RewardConfig
+from grpokit.config_sections import (
+    CheckpointConfig,
+    LoggingConfig,
+    LoraConfig,
+    RewardConfig,
+    move_num_generations_to_rollout,
+)
 from grpokit.guards.config import GuardsConfig
 
 
@@ -393,7 +399,7 @@ def load_lm_config(source: str | Path | dict, overrides: list[str] | None = None
                           "or data.reasoning_gym")
     if not config.rewards:
         raise ConfigError("rewards: at least one reward is required")
-    g_field = _move_num_generations_to_rollout(config)
+    g_field = move_num_generations_to_rollout(config)
     _check_group_size(config, resolved_preset(config), g_field)  # resolved here: bad preset values fail at load
     return config
 
@@ -411,24 +417,6 @@ def resolved_preset(config: LMTrainConfig):
     if config.rollout.num_generations is not None:
         preset = dataclasses.replace(preset, num_generations=config.rollout.num_generations)
     return preset
-
-
-def _move_num_generations_to_rollout(config: LMTrainConfig) -> str:
-    """G has one home, `rollout.num_generations`; older configs set it as `algorithm.overrides.num_generations`,
-    which is moved there with a warning. Returns the field the user wrote G in (for error messages)."""
-    import warnings
-
-    old = config.algorithm.overrides.pop("num_generations", None)
-    if old is None:
-        return "rollout.num_generations"
-    new = config.rollout.num_generations
-    if new is not None and new != old:
-        raise ConfigError(f"algorithm.overrides.num_generations ({old}) disagrees with rollout.num_generations "
-                          f"({new}); G is set in rollout.num_generations only")
-    warnings.warn("algorithm.overrides.num_generations: G is set as rollout.num_generations now; the override is "
-                  "read for now", FutureWarning, stacklevel=3)
-    config.rollout.num_generations = old
-    return "algorithm.overrides.num_generations"
 
 
 def _check_group_size(config: LMTrainConfig, preset, g_field: str) -> None:
