@@ -27,6 +27,28 @@ def tiny_tool_model(tokenizer, seed: int = 0):
                                 intermediate_size=64, max_position_embeddings=1024, seed=seed)
 
 
+class ThreeTurnEnvironment:
+    """Answers turns t = 1, 2 with a `role` message whatever the policy wrote, then ends with reward 1: every
+    episode that is not cut has three turns (a tiny random model writes no tool calls of its own)."""
+
+    role = "user"
+
+    def __init__(self, **_):
+        self.turn = 0
+
+    def reset(self, row):
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def reply(self, turn: int) -> str:
+        return f"again {turn}"
+
+    def step(self, message):
+        self.turn += 1
+        if self.turn == 3:
+            return [], 1.0, True
+        return [{"role": self.role, "content": self.reply(self.turn)}], None, False
+
+
 class ScriptedEngine:
     """Plays given assistant turns, so that an episode's calls are known in advance.
 

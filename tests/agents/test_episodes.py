@@ -18,6 +18,8 @@ from grpokit.agents import (
 from grpokit.agents.environment import environment_factory
 from grpokit.rollout.types import SamplingParams
 
+from .conftest import ThreeTurnEnvironment
+
 CALL = '<tool_call>{{"name": "calculator", "arguments": {{"expression": "{}"}}}}</tool_call>'
 
 
@@ -171,20 +173,7 @@ def test_finished_episodes_leave_the_batch(tokenizer, scripted_episodes):
 # ----------------------------------------------------------------------------- the real policy
 
 
-class TalkativeEnvironment:
-    """Answers every turn with a user message until the third turn, then gives a reward."""
-
-    def __init__(self, **_):
-        self.turn = 0
-
-    def reset(self, row):
-        return [{"role": "user", "content": row["prompt"]}]
-
-    def step(self, message):
-        self.turn += 1
-        if self.turn == 3:
-            return [], 1.0, True
-        return [{"role": "user", "content": f"again {self.turn}"}], None, False
+TalkativeEnvironment = ThreeTurnEnvironment  # answers turns 1, 2 with a user message, then gives a reward
 
 
 @pytest.fixture

@@ -16,25 +16,19 @@ from grpokit.models.logprobs import sequence_logprobs
 from grpokit.rollout.types import SamplingParams
 from grpokit.rollout.vllm_engine import VLLMServerEngine
 
+from .conftest import ThreeTurnEnvironment
+
 ROWS = [{"prompt": "6*7"}, {"prompt": "hi"}]
 TEMPERATURE = 0.7  # not 1: the server's log-probs must be of the tempered distribution, like the trainer's
 
 
-class ToolAnswers:
-    """Answers turns t = 1, 2 with the tool message "result t" whatever the policy wrote, then ends with
-    reward 1 (a random tiny model writes no tool calls; so every episode that is not cut has three turns)."""
+class ToolAnswers(ThreeTurnEnvironment):
+    """Answers turns t = 1, 2 with the tool message "result t", then ends with reward 1."""
 
-    def __init__(self, **_):
-        self.turn = 0
+    role = "tool"
 
-    def reset(self, row):
-        return [{"role": "user", "content": row["prompt"]}]
-
-    def step(self, message):
-        self.turn += 1
-        if self.turn == 3:
-            return [], 1.0, True
-        return [{"role": "tool", "content": f"result {self.turn}"}], None, False
+    def reply(self, turn: int) -> str:
+        return f"result {turn}"
 
 
 @pytest.fixture
