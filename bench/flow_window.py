@@ -1,31 +1,43 @@
-"""Bench: does MixGRPO's SDE window keep Flow-GRPO's proxy gain for less training time? (issue 19)
+"""Bench: does the SDE window keep Flow-GRPO's proxy gain for less time, and lose no more gold? (issue 19)
 
-Full-SDE Flow-GRPO (`flow_grpo`: every one of the 10 denoising steps sampled with the SDE and trained)
-against the window preset (`mix_grpo`: SDE and training only in a 2-step window that slides one step
-every 25 training steps, ODE elsewhere) on the CPU digits task, with everything else equal: the
-pre-trained digits flow model, the gameable proxy reward (a linear classifier's margin) as the training
-target, grpokit.flow.demo's recipe (lr 3e-4, 10 prompts × G = 8, 4 optimizer steps per rollout batch, no
-KL, clips scaled to D = 64), 100 training steps, seeds 0, 1, 2. Gold scores (an independent classifier
-and realism, at held-out noise, ODE sampling) are never trained on.
+Three presets on the CPU digits task, everything else equal: full-SDE Flow-GRPO (`flow_grpo`: every one of
+the 10 denoising steps sampled with the SDE and trained), the window preset `mix_grpo` (MixGRPO + GRPO-Guard:
+RatioNorm and balancing, SDE and training in a 2-step window sliding one step every 25 training steps within
+the 3 noisiest steps, ODE elsewhere) and, so nothing is hidden, the plain window `mix_grpo_plain` (MixGRPO as
+published: the same window sliding over the whole trajectory, no guard). Shared: the pre-trained digits flow
+model, the gameable proxy reward (a linear classifier's margin) as the training target, grpokit.flow.demo's
+recipe (lr 3e-4, 10 prompts × G = 8, 4 optimizer steps per rollout batch, no KL, clips scaled to D = 64),
+100 training steps, seeds 0–7. Gold scores (an independent classifier and realism, at held-out noise, ODE
+sampling) are never trained on.
 
 Measured per run:
-- training time: the sum of each step's `time/sample_seconds` + `time/update_seconds` (rollout, scoring,
-  advantages and the update; evaluation left out — it is the same ODE sampling for both). The two presets
-  alternate run by run so load on a shared machine falls on both alike; per-step gradient-norm logging
-  (a diagnostic copying the gradients per denoising step) is off for both.
-- proxy gain: eval proxy at the end − at the start; gold drop: the gold score's peak-to-end decline.
+- training time: the process CPU seconds of the training steps (rollout, scoring, advantages and the
+  update; evaluation left out — it is the same ODE sampling for all), on one thread. CPU time rather than
+  wall time because the bench runs on shared machines, where the wall time of a run depends on its
+  neighbours (the wall-time ratio, the sum of each step's logged `time/sample_seconds` +
+  `time/update_seconds`, is printed too). The presets run side by side, their order rotating seed by seed
+  so what load remains falls on all alike; per-step gradient-norm logging (a diagnostic copying the
+  gradients per denoising step) is off.
+- proxy gain: eval proxy at the end − at the start (same 100 steps for every preset).
+- gold drop *at the same proxy*: for each seed the target is the lower of the two runs' final eval proxies;
+  each run's drop is its gold peak up to the target − its gold at the target (linear interpolation between
+  evaluations). A run that gains more proxy is thus not charged for the extra proxy (nor a slower one
+  credited for stopping early). The peak-to-end drop over the same steps is printed too.
 
-Last line: `flow_window: time_ratio=T proxy_gain_ratio=P gold_drop_ratio=D` (window / full, each the
-ratio of the means over seeds); targets T ≤ 0.5, P ≥ 0.9, D ≤ 1.0.
+Ratios are window / full, each a ratio of means over seeds; the interval is a 95% percentile bootstrap over
+seeds (the same resampled seeds for both arms of a ratio). Last line: `flow_window: time_ratio=T
+proxy_gain_ratio=P gold_drop_ratio=D` for `mix_grpo`; targets T ≤ 0.5, P ≥ 0.9, D ≤ 1.0. The line before it
+gives `mix_grpo_plain`'s ratios.
 
-Run: `.venv/bin/python bench/flow_window.py` (no arguments; ~6 minutes on one CPU thread, plus ~1 minute
-the first time to pre-train the digits model). Writes outputs/flow_window/ (per-run metrics.jsonl,
-results.json).
+Run: `.venv/bin/python bench/flow_window.py` (no arguments; 24 runs on one thread, ~2 CPU-minutes — 5.5 min
+wall measured on a 2-core machine shared with other jobs — plus ~1 minute the first time to pre-train the
+digits model). Writes outputs/flow_window/ (per-run metrics.jsonl, results.json).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -43,46 +55,104 @@ from grpokit.flow.demo import FlowDemoRecipe, flow_demo_config  # noqa: E402
 from grpokit.flow.digits import pretrained_digits_model  # noqa: E402
 from grpokit.flow.rewards import digit_scorer  # noqa: E402
 
-SEEDS = (0, 1, 2)
-PRESETS = ("flow_grpo", "mix_grpo")  # full, window
+SEEDS = tuple(range(8))
+FULL, WINDOW, PLAIN = "flow_grpo", "mix_grpo", "mix_grpo_plain"
+PRESETS = (FULL, WINDOW, PLAIN)
 RECIPE = replace(FlowDemoRecipe(), steps=100, eval_every=10, eval_samples_per_prompt=20)
 GOLD, PROXY = "eval/gold/score", "eval/reward/mean"
+BOOTSTRAP = 4000
 
 
-def run(preset: str, seed: int) -> dict[str, float]:
+def run(preset: str, seed: int) -> dict:
     run_dir = OUT / f"{preset}_seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     config = flow_demo_config(
         RECIPE, preset=preset, run_dir=run_dir, seed=seed, progress=False, log_step_grad_norms=False
     )
     trainer = build_flow_trainer(config, model=pretrained_digits_model(RECIPE.digits, progress=False))
+    cpu_seconds = 0.0
+    train_step = trainer.train_step
+
+    def timed_train_step(step: int) -> dict[str, float]:  # the run loop's call; evaluation is outside it
+        nonlocal cpu_seconds
+        started = time.process_time()
+        try:
+            return train_step(step)
+        finally:
+            cpu_seconds += time.process_time() - started
+
+    trainer.train_step = timed_train_step
     trainer.train()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "time/update_seconds" in r]
-    evals = [r for r in records if GOLD in r]
-    gold, proxy = [r[GOLD] for r in evals], [r[PROXY] for r in evals]
+    evals = [(r[PROXY], r[GOLD]) for r in records if GOLD in r]
+    gold = [g for _, g in evals]
     return {
+        "train_cpu_seconds": cpu_seconds,
         "train_seconds": sum(r["time/sample_seconds"] + r["time/update_seconds"] for r in steps),
         "update_seconds": sum(r["time/update_seconds"] for r in steps),
-        "proxy_gain": proxy[-1] - proxy[0],
-        "gold_drop": max(gold) - gold[-1],
-        "gold_change": gold[-1] - gold[0],
-        "proxy_end": proxy[-1],
-        "evals": list(zip(proxy, gold)),  # (proxy, gold) at each evaluation
+        "proxy_gain": evals[-1][0] - evals[0][0],
+        "proxy_end": evals[-1][0],
+        "gold_drop_end": max(gold) - gold[-1],  # peak-to-end, same steps
+        "evals": evals,  # (proxy, gold) at each evaluation
     }
 
 
-def gold_at_proxy(evals: list[tuple[float, float]], target: float) -> float:
-    """Gold when the eval proxy first reaches ``target`` (linear interpolation; NaN if never)."""
+def gold_drop_at_proxy(evals: list[tuple[float, float]], target: float) -> float:
+    """Gold peak so far − gold when the eval proxy first reaches ``target`` (linear interpolation between
+    evaluations; NaN if never reached). Case: [(6, .9), (8, .95), (10, .5)], target 9 → .95 − .725 = .225."""
+    peak = -math.inf
     for (p0, g0), (p1, g1) in zip(evals, evals[1:]):
+        peak = max(peak, g0)
         if p0 < target <= p1:
-            return g0 + (g1 - g0) * (target - p0) / (p1 - p0)
-    return float("nan")
+            gold = g0 + (g1 - g0) * (target - p0) / (p1 - p0)
+            return max(peak, gold) - gold
+    return math.nan
 
 
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
+
+
+def ratio_with_interval(window: list[float], full: list[float]) -> tuple[float, float, float]:
+    """mean(window) / mean(full) over seeds, and its 95% percentile bootstrap interval (seeds resampled
+    together for both arms, fixed generator so the interval is reproducible)."""
+    generator = torch.Generator().manual_seed(0)
+    w, f = torch.tensor(window, dtype=torch.float64), torch.tensor(full, dtype=torch.float64)
+    draws = torch.randint(0, len(w), (BOOTSTRAP, len(w)), generator=generator)
+    ratios = (w[draws].mean(1) / f[draws].mean(1)).sort().values
+    return float(w.mean() / f.mean()), float(ratios[int(0.025 * BOOTSTRAP)]), float(ratios[int(0.975 * BOOTSTRAP) - 1])
+
+
+def compare(results: dict, window: str) -> dict[str, tuple[float, float, float]]:
+    full_runs, window_runs = results[FULL], results[window]
+    targets = {s: min(full_runs[s]["proxy_end"], window_runs[s]["proxy_end"]) for s in SEEDS}
+    # the target is a run's own final proxy for one of the two: nudge it inside the last interval
+    drops = {
+        name: [gold_drop_at_proxy(runs[s]["evals"], targets[s] - 1e-6) for s in SEEDS]
+        for name, runs in ((FULL, full_runs), (window, window_runs))
+    }
+    return {
+        "time_ratio": ratio_with_interval(
+            [window_runs[s]["train_cpu_seconds"] for s in SEEDS], [full_runs[s]["train_cpu_seconds"] for s in SEEDS]
+        ),
+        "wall_time_ratio": ratio_with_interval(
+            [window_runs[s]["train_seconds"] for s in SEEDS], [full_runs[s]["train_seconds"] for s in SEEDS]
+        ),
+        "proxy_gain_ratio": ratio_with_interval(
+            [window_runs[s]["proxy_gain"] for s in SEEDS], [full_runs[s]["proxy_gain"] for s in SEEDS]
+        ),
+        "gold_drop_ratio": ratio_with_interval(drops[window], drops[FULL]),
+        "gold_drop_end_ratio": ratio_with_interval(
+            [window_runs[s]["gold_drop_end"] for s in SEEDS], [full_runs[s]["gold_drop_end"] for s in SEEDS]
+        ),
+        "drops_at_target": drops,
+    }
+
+
+def line(ratios: dict) -> str:
+    return " ".join(f"{k}={ratios[k][0]:.2f}" for k in ("time_ratio", "proxy_gain_ratio", "gold_drop_ratio"))
 
 
 def main() -> None:
@@ -91,52 +161,41 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     pretrained_digits_model(RECIPE.digits)  # cached after the first run
     digit_scorer()
-    results: dict[str, dict[int, dict[str, float]]] = {p: {} for p in PRESETS}
+    results: dict[str, dict[int, dict]] = {p: {} for p in PRESETS}
     for seed in SEEDS:
-        for preset in PRESETS:
+        order = PRESETS[seed % len(PRESETS) :] + PRESETS[: seed % len(PRESETS)]
+        for preset in order:
             results[preset][seed] = r = run(preset, seed)
             print(
-                f"{preset:10s} seed {seed}: train {r['train_seconds']:.1f} s (update {r['update_seconds']:.1f} s), "
-                f"proxy +{r['proxy_gain']:.2f} (end {r['proxy_end']:.2f}), gold peak-to-end −{r['gold_drop']:.3f} "
-                f"(change {r['gold_change']:+.3f}) [{time.perf_counter() - started:.0f} s]",
+                f"{preset:14s} seed {seed}: train {r['train_cpu_seconds']:.1f} CPU s ({r['train_seconds']:.1f} s wall, "
+                f"update {r['update_seconds']:.1f} s), "
+                f"proxy +{r['proxy_gain']:.2f} (end {r['proxy_end']:.2f}), gold peak-to-end "
+                f"−{r['gold_drop_end']:.3f} (end {r['evals'][-1][1]:.2f}) [{time.perf_counter() - started:.0f} s]",
                 flush=True,
             )
-    summary = {
-        p: {k: mean(r[k] for r in runs.values()) for k in runs[SEEDS[0]] if k != "evals"}
-        for p, runs in results.items()
-    }
-    # The same proxy level: each seed's gold change from the start when the window run first reaches the
-    # full run's final proxy, against the full run's gold change at its end.
-    matched = {
-        "flow_grpo": mean(results["flow_grpo"][s]["gold_change"] for s in SEEDS),
-        "mix_grpo": mean(
-            gold_at_proxy(results["mix_grpo"][s]["evals"], results["flow_grpo"][s]["proxy_end"])
-            - results["mix_grpo"][s]["evals"][0][1]
-            for s in SEEDS
-        ),
-    }
-    print(
-        f"gold change at flow_grpo's final proxy (per seed, mean): flow_grpo {matched['flow_grpo']:+.3f}, "
-        f"mix_grpo {matched['mix_grpo']:+.3f}"
-    )
-    for preset, s in summary.items():
+    for preset, runs in results.items():
         print(
-            f"{preset:10s} mean: train {s['train_seconds']:.1f} s, proxy gain {s['proxy_gain']:.2f}, "
-            f"gold drop {s['gold_drop']:.3f}, gold change {s['gold_change']:+.3f}"
+            f"{preset:14s} mean over {len(SEEDS)} seeds: train {mean(r['train_cpu_seconds'] for r in runs.values()):.1f} "
+            f"CPU s ({mean(r['train_seconds'] for r in runs.values()):.1f} s wall), "
+            f"proxy gain {mean(r['proxy_gain'] for r in runs.values()):.2f}, gold peak-to-end drop "
+            f"{mean(r['gold_drop_end'] for r in runs.values()):.3f}"
         )
-    full, window = summary["flow_grpo"], summary["mix_grpo"]
-    ratios = {
-        "time_ratio": window["train_seconds"] / full["train_seconds"],
-        "proxy_gain_ratio": window["proxy_gain"] / full["proxy_gain"],
-        "gold_drop_ratio": window["gold_drop"] / full["gold_drop"] if full["gold_drop"] > 0 else float("nan"),
-    }
-    (OUT / "results.json").write_text(json.dumps({"runs": results, "mean": summary, "matched_gold_change": matched, **ratios}, indent=1))
-    print(f"{time.perf_counter() - started:.0f} s in all; results in {OUT / 'results.json'}")
-    print(
-        f"flow_window: time_ratio={ratios['time_ratio']:.2f} proxy_gain_ratio={ratios['proxy_gain_ratio']:.2f} "
-        f"gold_drop_ratio={ratios['gold_drop_ratio']:.2f}",
-        flush=True,
+    verdicts = {window: compare(results, window) for window in (WINDOW, PLAIN)}
+    for window, ratios in verdicts.items():
+        drops = ratios["drops_at_target"]
+        print(
+            f"{window} / {FULL}, gold drop at the same proxy (per seed, the lower final proxy of the pair): "
+            f"{mean(drops[window]):.3f} vs {mean(drops[FULL]):.3f}; 95% bootstrap intervals over seeds: "
+            + ", ".join(
+                f"{k} {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for k, v in ratios.items() if k != "drops_at_target"
+            )
+        )
+    (OUT / "results.json").write_text(
+        json.dumps({"runs": results, "seeds": SEEDS, "ratios": verdicts}, indent=1)
     )
+    print(f"{time.perf_counter() - started:.0f} s in all; results in {OUT / 'results.json'}")
+    print(f"plain window ({PLAIN}, no guard): {line(verdicts[PLAIN])}")
+    print(f"flow_window: {line(verdicts[WINDOW])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,4 +42,4 @@ def test_unknown_names_and_bad_values_raise():
         FLOW_GRPO.replace(not_a_field=1)
     with pytest.raises(ValueError, match="logprob_reduction"):
         FLOW_GRPO.replace(logprob_reduction="max")
-    assert set(FLOW_PRESETS) == {"flow_grpo", "flow_grpo_guard", "mix_grpo", "flow_grpo_fast"}
+    assert set(FLOW_PRESETS) == {"flow_grpo", "flow_grpo_guard", "mix_grpo", "mix_grpo_plain", "flow_grpo_fast"}

@@ -61,13 +61,35 @@ def test_window_arguments_are_checked():
         get_flow_preset("mix_grpo", window_range=1.5)
 
 
-def test_window_presets_differ_from_flow_grpo_only_in_the_window():
-    base = get_flow_preset("flow_grpo")
-    mix, fast = get_flow_preset("mix_grpo"), get_flow_preset("flow_grpo_fast")
-    assert mix == base.replace(name=mix.name, summary=mix.summary, sde_window=2, window_shift_every=25)
+def test_window_presets_differ_from_their_base_only_in_the_window():
+    base, guard = get_flow_preset("flow_grpo"), get_flow_preset("flow_grpo_guard")
+    mix, plain, fast = (get_flow_preset(n) for n in ("mix_grpo", "mix_grpo_plain", "flow_grpo_fast"))
+    # mix_grpo is GRPO-Guard in a window kept among the noisiest 30% of the steps, with a 2x wider clip
+    assert mix == guard.replace(
+        name=mix.name, summary=mix.summary, sde_window=2, window_shift_every=25, window_range=0.3,
+        eps_low=4e-6, eps_high=4e-6,
+    )
+    assert plain == base.replace(name=plain.name, summary=plain.summary, sde_window=2, window_shift_every=25)
     assert fast == base.replace(
         name=fast.name, summary=fast.summary, sde_window=2, window_placement="random", window_range=0.5
     )
+
+
+def test_mix_grpo_keeps_the_guard_and_the_noisiest_steps():
+    # What bench/flow_window.py measured as the difference from the plain window (issue 19): RatioNorm +
+    # balancing, and a window that slides (0, 2) → (1, 3) and then stays, over 10 steps; the plain one slides on.
+    mix, plain = get_flow_preset("mix_grpo"), get_flow_preset("mix_grpo_plain")
+    assert mix.ratio_norm and mix.step_balancing and not plain.ratio_norm and not plain.step_balancing
+
+    def windows(p):
+        return [
+            sde_window(10, p.sde_window, placement=p.window_placement, training_step=n,
+                       shift_every=p.window_shift_every, stride=p.window_stride, range_fraction=p.window_range)
+            for n in (1, 25, 26, 51, 76, 1000)
+        ]
+
+    assert windows(mix) == [(0, 2), (0, 2), (1, 3), (1, 3), (1, 3), (1, 3)]
+    assert windows(plain) == [(0, 2), (0, 2), (1, 3), (2, 4), (3, 5), (8, 10)]
 
 
 def test_ode_steps_have_no_noise_no_log_prob_and_no_mask(tiny_digits_model):
@@ -135,12 +157,12 @@ def test_training_with_a_sliding_window_trains_and_logs_only_the_window(
     tmp_path, tiny_digits_model, brightness_reward
 ):
     trainer = _window_trainer(
-        tmp_path, tiny_digits_model, brightness_reward, "mix_grpo", sde_window=3, window_shift_every=1,
+        tmp_path, tiny_digits_model, brightness_reward, "mix_grpo_plain", sde_window=3, window_shift_every=1,
         window_stride=2,
     )
     before = [p.detach().clone() for p in trainer.parameters]
     trainer.train()
-    records = [json.loads(line) for line in (tmp_path / "mix_grpo" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "mix_grpo_plain" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train/loss" in r]
     # S = 6, w = 3, moving 2 steps every training step: starts 0, 2, then capped at 3
     assert [r["train/sde_window_start"] for r in steps] == [0, 2, 3]
@@ -179,3 +201,14 @@ def test_flow_grpo_fast_trains_two_random_early_steps(tmp_path, tiny_digits_mode
     assert starts == {0, 1}
     metrics = trainer.train_step(0)
     assert metrics["train/onpolicy_logprob_error"] <= 1e-5 and metrics["train/sde_window_size"] == 2
+
+
+def test_mix_grpo_trains_its_window_with_ratio_norm(tmp_path, tiny_digits_model, brightness_reward):
+    trainer = _window_trainer(tmp_path, tiny_digits_model, brightness_reward, "mix_grpo")
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "mix_grpo" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "train/loss" in r]
+    # S = 6: the noisiest 30% is ⌈1.8⌉ = 2 steps, so the window is (0, 2) throughout
+    assert [(r["train/sde_window_start"], r["train/sde_window_size"]) for r in steps] == [(0, 2)] * 3
+    for r in steps:  # the clip saw RatioNorm's ratio, not the raw one
+        assert r["train/ratio_mean"] == r["train/normed_ratio_mean"] != r["train/raw_ratio_mean"]

@@ -4,7 +4,7 @@ sde       σ_t schedule, SDE step mean/std, Gaussian log-prob, closed-form KL an
 grpo_guard  GRPO-Guard: RatioNorm and cross-step gradient balancing (pure math; not the run monitors of
           `grpokit.guards`)
 window    the SDE window (MixGRPO, Flow-GRPO-Fast): which steps are stochastic and trained, ODE elsewhere
-presets   `flow_grpo`, `flow_grpo_guard`, `mix_grpo`, `flow_grpo_fast`
+presets   `flow_grpo`, `flow_grpo_guard`, `mix_grpo` (window + guard), `mix_grpo_plain`, `flow_grpo_fast`
 policy    FlowPolicy / FlowRollout: per-step log-probs [B, S] + mask, the LM policy's contract
 loss      one denoising step's loss from the core algorithms (PPO clip, aggregation)
 trainer   FlowTrainer: sample → score → advantages → update → log
@@ -19,6 +19,7 @@ from .presets import (
     FLOW_GRPO_GUARD,
     FLOW_PRESETS,
     MIX_GRPO,
+    MIX_GRPO_PLAIN,
     FlowPreset,
     get_flow_preset,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "FLOW_GRPO_GUARD",
     "FLOW_PRESETS",
     "MIX_GRPO",
+    "MIX_GRPO_PLAIN",
     "FlowPreset",
     "get_flow_preset",
 ]

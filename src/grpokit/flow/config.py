@@ -62,7 +62,7 @@ class FlowDataConfig:
 class FlowAlgorithmConfig:
     """The flow variant: a preset (see `grpokit presets`) and the fields it changes."""
 
-    preset: str = "flow_grpo"  # flow_grpo | flow_grpo_guard | mix_grpo | flow_grpo_fast
+    preset: str = "flow_grpo"  # flow_grpo | flow_grpo_guard | mix_grpo | mix_grpo_plain | flow_grpo_fast
     # FlowPreset fields or core Preset fields, e.g. {noise_level: 0.5}; names and types checked at load.
     overrides: dict = field(default_factory=dict)
 
