@@ -73,6 +73,7 @@ def test_a_trainer_on_the_server_trains_syncs_every_step_and_corrects_with_tis_b
     for row in rows:
         assert row["train/mismatch_abs_logratio_mean"] < 1e-4  # synced float32 weights: on-policy
         assert "time/weight_sync_seconds" in row and "train/frac_truncated" in row
+        assert row["time/weight_sync_bytes"] > 0  # merged float32 weights of the tiny model
 
 
 def test_a_sync_that_does_not_land_fails_fast_before_the_first_update(

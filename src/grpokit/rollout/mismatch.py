@@ -4,7 +4,9 @@ The engine records log μ(y_t) while sampling; the trainer recomputes log π(y_t
 Same weights, dtype, tokenizer and template give |Δ| ≈ 1e-5 in float32 (bf16 kernels: ~1e-2); a
 weight sync that did not land, a different checkpoint, dtype or chat template gives |Δ| of order 1.
 The trainer checks this once, before its first update, and fails fast instead of training on an
-off-policy batch it believes is on-policy. Afterwards the mismatch is logged every step
+off-policy batch it believes is on-policy. With adapter-only sync to vLLM (`lora_sync`) the check
+covers base + adapter; a fresh LoRA adapter (B = 0) equals its base, so a lost adapter shows only
+once B ≠ 0: a resumed run, or a policy started from a trained adapter. Afterwards the mismatch is logged every step
 (`train/mismatch_abs_logratio_mean`) and corrected by the preset's truncated/masked IS.
 """
 
@@ -39,7 +41,8 @@ def check_behaviour_logprobs(trainer_logp: Tensor, behaviour_logp: Tensor, mask:
             f"mean |log π_trainer − log μ_engine| = {stats['mean_abs']:.4f} (max {stats['max_abs']:.4f}) over "
             f"{int(stats['tokens'])} tokens, above rollout.mismatch_tolerance = {tolerance}. Likely causes: "
             "the engine serves other weights (the weight sync did not land, or the server was started on a "
-            "different checkpoint than model.name_or_path); a different dtype (rollout.vllm.dtype vs "
+            "different checkpoint than model.name_or_path; with rollout.vllm.weight_sync: adapter, the LoRA "
+            "adapter was not applied); a different dtype (rollout.vllm.dtype vs "
             "model.dtype); a different tokenizer or chat template; or top_p < 1 / top_k > 0, whose "
             "truncation vLLM folds into its log-probs. Raise rollout.mismatch_tolerance only if the "
             "difference is expected (e.g. bf16 kernels)."

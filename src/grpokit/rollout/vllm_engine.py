@@ -17,12 +17,21 @@ in-place `reload_weights` (the model's own loader, which knows its fused qkv / g
 followed by the per-layer post-processing the CPU backend needs), then the prefix cache is reset
 because its KV entries were computed with the old weights. Colocated, the tensors are passed in
 memory; to a server, they travel as safetensors over HTTP in chunks (`chunk_bytes`).
+
+Adapter-only sync (`weight_sync`, `rollout.vllm.weight_sync`; see `grpokit.rollout.lora_sync`): for a
+LoRA policy, vLLM runs with LoRA enabled and each sync pushes only the adapter (peft's saved format,
+a few MB) under a new adapter id, evicting the previous one; every generation then carries that
+adapter. The first sync also pushes the frozen base weights once, so vLLM's base is the trainer's
+whatever checkpoint it started from. "auto" (the default) chooses the adapter when the policy is LoRA
+and vLLM can apply it, else the merged push; which one is logged once, at the first sync.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -31,21 +40,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from grpokit.rollout.lora_sync import (
+    adapter_payload,
+    adapter_sync_problems,
+    choose_weight_sync,
+    lora_rank,
+    vllm_max_lora_rank,
+)
 from grpokit.rollout.prompts import encode_prompts, left_pad, pad_token_id_of
 from grpokit.rollout.types import FINISH_LENGTH, FINISH_STOP, RolloutBatch, SamplingParams
 from grpokit.seeds import engine_prompt_seed
 
+log = logging.getLogger("grpokit.rollout")
+
 
 # ---------------------------------------------------------------------- weights, as vLLM names them
-def named_weights_for_vllm(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+def named_weights_for_vllm(model: nn.Module, *, merge_lora: bool = True) -> Iterator[tuple[str, Tensor]]:
     """(name, tensor) for every weight of the causal LM, under Hugging Face names, detached.
 
     Unwraps DDP/FSDP-style `.module` wrappers and peft models. A LoRA layer yields its merged weight
-    W + ΔW (peft's `get_delta_weight` for each active adapter) under the base layer's name; the
-    adapter matrices themselves are not yielded. peft's `modules_to_save` copies replace the
-    originals. Tied weights are yielded under each of their names, as a checkpoint holds them: vLLM's
-    in-place reload waits for every name it loaded at start-up (measured: without `lm_head.weight`
-    a tied Qwen2's reloaded log-probs were off by up to 2.7 nats).
+    W + ΔW (peft's `get_delta_weight` for each active adapter) under the base layer's name, or its
+    base weight W alone with `merge_lora=False`; the adapter matrices themselves are not yielded.
+    peft's `modules_to_save` copies replace the originals. Tied weights are yielded under each of
+    their names, as a checkpoint holds them: vLLM's in-place reload waits for every name it loaded
+    at start-up (measured: without `lm_head.weight` a tied Qwen2's reloaded log-probs were off by up
+    to 2.7 nats).
     """
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
@@ -54,7 +73,7 @@ def named_weights_for_vllm(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     for module_name, module in base.named_modules():
         if _is_lora_layer(module):
             weight = module.base_layer.weight.detach()
-            for adapter in _active_adapters(module):
+            for adapter in _active_adapters(module) if merge_lora else []:
                 if adapter in module.lora_A:
                     weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
             yield f"{module_name}.weight", weight
@@ -142,8 +161,11 @@ class _TokenEngine:
     name = "vllm"
 
     def __init__(self, tokenizer: Any, *, eos_token_ids: Sequence[int] = (), device: str | torch.device = "cpu",
-                 add_special_tokens: bool = False) -> None:
+                 add_special_tokens: bool = False, weight_sync: str = "merged") -> None:
         self.tokenizer = tokenizer
+        self.weight_sync = weight_sync  # requested: auto | adapter | merged
+        self.sync_mode: str | None = None  # used: "adapter" | "merged", chosen at the first sync
+        self.last_sync: dict = {}  # the latest sync's {"mode", "bytes", "seconds"}
         self.device = torch.device(device)
         self.add_special_tokens = add_special_tokens
         self.pad_token_id = pad_token_id_of(tokenizer)
@@ -187,6 +209,47 @@ class _TokenEngine:
         return self._score([list(map(int, p)) for p in prompt_token_ids],
                            [list(map(int, c)) for c in completion_token_ids])
 
+    def sync_weights(self, model: nn.Module) -> None:
+        """Hand `model`'s current weights to vLLM: the adapter alone, or every weight (LoRA merged)."""
+        start = time.perf_counter()
+        first = self.sync_mode is None
+        if first:
+            self.sync_mode = self._choose_sync_mode(model)
+        version = self.weight_version + 1
+        pushed = 0
+        if self.sync_mode == "adapter":
+            if first:  # once: vLLM's base weights := the trainer's frozen base, the adapter goes on top
+                pushed += self._push_weights(named_weights_for_vllm(model, merge_lora=False), version)
+            pushed += self._push_adapter(adapter_payload(model), version)
+        else:
+            pushed += self._push_weights(named_weights_for_vllm(model), version)
+        self.weight_version = version
+        self.last_sync = {"mode": self.sync_mode, "bytes": pushed, "seconds": time.perf_counter() - start}
+
+    def _choose_sync_mode(self, model: nn.Module) -> str:
+        capabilities = {} if self.weight_sync == "merged" else self.lora_capabilities()
+        problems = adapter_sync_problems(model, capabilities) if capabilities else []
+        mode, warning = choose_weight_sync(self.weight_sync, problems, capabilities.get("device"))
+        if warning:
+            log.warning(warning)
+        detail = f"adapter only (LoRA r={lora_rank(model)})" if mode == "adapter" else "merged weights"
+        if mode == "merged" and self.weight_sync == "auto" and capabilities.get("device") == "cpu":
+            detail += " (vLLM's CPU backend applies adapters slowly; weight_sync: adapter forces the adapter)"
+        log.info("weight sync to %s: %s (rollout.vllm.weight_sync: %s)", self.name, detail, self.weight_sync)
+        return mode
+
+    def lora_capabilities(self) -> dict:
+        """{"enabled", "max_lora_rank", "target_modules", "disabled_because"} of the vLLM behind this engine."""
+        raise NotImplementedError
+
+    def _push_weights(self, weights: Iterator[tuple[str, Tensor]], version: int) -> int:
+        """Load these (HF name, tensor) pairs into vLLM, dropping any adapter; → bytes pushed."""
+        raise NotImplementedError
+
+    def _push_adapter(self, payload: bytes, version: int) -> int:
+        """Apply this adapter (`lora_sync.adapter_payload`) to every later request; → bytes pushed."""
+        raise NotImplementedError
+
     def _generate_rows(self, request: dict) -> list[dict]:
         raise NotImplementedError
 
@@ -202,6 +265,8 @@ class VLLMColocateEngine(_TokenEngine):
     rest to training; on CPU, `kv_cache_gib` sizes the KV cache instead (vLLM's CPU default takes
     most of the RAM). `enable_sleep_mode` (GPUs only; vLLM refuses it on CPU) offloads vLLM's weights
     and drops its KV cache between rollouts (`LLM.sleep(level=1)`) so training gets the memory back.
+    `weight_sync` auto/adapter with `lora_rank` (the policy's LoRA rank; None = no LoRA) starts vLLM with
+    LoRA enabled, max_lora_rank the smallest vLLM accepts ≥ that rank, so adapters can be pushed.
     """
 
     name = "vllm_colocate"
@@ -210,8 +275,8 @@ class VLLMColocateEngine(_TokenEngine):
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: float | None = None,
                  enable_sleep_mode: bool = False, seed: int = 0, max_num_seqs: int = 256,
                  eos_token_ids: Sequence[int] = (), device: str | torch.device = "cpu",
-                 llm_kwargs: dict | None = None) -> None:
-        super().__init__(tokenizer, eos_token_ids=eos_token_ids, device=device)
+                 llm_kwargs: dict | None = None, weight_sync: str = "merged", lora_rank: int | None = None) -> None:
+        super().__init__(tokenizer, eos_token_ids=eos_token_ids, device=device, weight_sync=weight_sync)
         # One engine core in this process, so `collective_rpc` hands tensors to the worker without pickling.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
@@ -231,11 +296,33 @@ class VLLMColocateEngine(_TokenEngine):
             kwargs["max_model_len"] = max_model_len
         if kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        max_lora_rank = None if lora_rank is None else vllm_max_lora_rank(lora_rank)
+        self.lora_disabled_because = None
+        from vllm.platforms import current_platform
+
+        if weight_sync == "merged" or lora_rank is None:
+            self.lora_disabled_because = "the engine was built for merged pushes (no LoRA policy or weight_sync: merged)"
+        elif weight_sync == "auto" and current_platform.device_type == "cpu":  # see choose_weight_sync
+            self.lora_disabled_because = "weight_sync: auto pushes merged weights on vLLM's CPU backend"
+        elif max_lora_rank is None:
+            self.lora_disabled_because = f"LoRA rank {lora_rank} is above 512, the largest max_lora_rank vLLM accepts"
+        else:  # one adapter at a time: the trainer's latest (see AdapterSlot)
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1, max_cpu_loras=1)
         kwargs.update(llm_kwargs or {})
         self.llm = LLM(**kwargs)
         self.sleep_mode = enable_sleep_mode
         self.asleep = False
         self.weight_version = 0
+        from grpokit.vllm_server.app import AdapterSlot, lora_capabilities
+
+        self._capabilities = lora_capabilities(self.llm)
+        self.adapter = AdapterSlot(self.llm) if self._capabilities["enabled"] else None
+
+    def lora_capabilities(self) -> dict:
+        return {**self._capabilities, "disabled_because": self.lora_disabled_because}
+
+    def _lora_request(self):
+        return None if self.adapter is None else self.adapter.request
 
     def _wake(self) -> None:
         if self.asleep:
@@ -257,7 +344,7 @@ class VLLMColocateEngine(_TokenEngine):
             for seed in seeds
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in request["prompt_token_ids"]],
-                                    params, use_tqdm=False)
+                                    params, use_tqdm=False, lora_request=self._lora_request())
         if self.sleep_mode:
             self.llm.sleep(level=1)
             self.asleep = True
@@ -274,20 +361,28 @@ class VLLMColocateEngine(_TokenEngine):
         self._wake()
         params = VLLMSamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p + c) for p, c in zip(prompts, completions)],
-                                    params, use_tqdm=False)
+                                    params, use_tqdm=False, lora_request=self._lora_request())
         return [[entry[token].logprob for entry, token in zip(output.prompt_logprobs[len(p):], c)]
                 for output, p, c in zip(outputs, prompts, completions)]
 
-    def sync_weights(self, model: nn.Module) -> None:
-        """Load `model`'s current weights (LoRA merged) into vLLM and drop the stale prefix cache."""
+    def _push_weights(self, weights: Iterator[tuple[str, Tensor]], version: int) -> int:
+        """In memory into vLLM's in-place reload, then drop the stale prefix cache."""
         self._wake()
-        weights = list(named_weights_for_vllm(model))
+        weights = list(weights)
+        if self.adapter is not None:
+            self.adapter.clear()
         # The worker's in-place reload re-runs per-layer post-processing (CPU layers repack their
         # weights after loading), which a bare `model.load_weights` would skip.
         self.llm.collective_rpc("reload_weights",
                                 kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
-        self.weight_version += 1
+        return sum(tensor.numel() * tensor.element_size() for _, tensor in weights)
+
+    def _push_adapter(self, payload: bytes, version: int) -> int:
+        """Through a temporary directory: vLLM 0.32 loads adapters from a path only."""
+        self._wake()
+        self.adapter.load(payload)
+        return len(payload)
 
 
 # ---------------------------------------------------------------------- server
@@ -298,8 +393,9 @@ class VLLMServerEngine(_TokenEngine):
     shared_across_ranks = True  # every training process talks to the same server: rank 0 alone pushes
 
     def __init__(self, url: str, tokenizer: Any, *, timeout: float = 600.0, chunk_bytes: int = 256 * 2**20,
-                 eos_token_ids: Sequence[int] = (), device: str | torch.device = "cpu") -> None:
-        super().__init__(tokenizer, eos_token_ids=eos_token_ids, device=device)
+                 eos_token_ids: Sequence[int] = (), device: str | torch.device = "cpu",
+                 weight_sync: str = "merged") -> None:
+        super().__init__(tokenizer, eos_token_ids=eos_token_ids, device=device, weight_sync=weight_sync)
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes
@@ -330,15 +426,23 @@ class VLLMServerEngine(_TokenEngine):
         body = json.dumps({"prompt_token_ids": prompts, "completion_token_ids": completions}).encode()
         return self._request("/score", body, {"Content-Type": "application/json"})["logprobs"]
 
-    def sync_weights(self, model: nn.Module) -> None:
-        """Push `model`'s weights (LoRA merged) as safetensors chunks of at most ~`chunk_bytes` each."""
+    def lora_capabilities(self) -> dict:
+        try:
+            lora = self._request("/lora")
+        except RuntimeError as error:  # a server from before adapter pushes (404)
+            because = f"the vLLM server does not take adapter pushes ({error})"
+            return {"enabled": False, "max_lora_rank": 0, "target_modules": [], "disabled_because": because}
+        because = None if lora["enabled"] else "the vLLM server was started without --enable-lora"
+        return {**lora, "disabled_because": because}
+
+    def _push_weights(self, weights: Iterator[tuple[str, Tensor]], version: int) -> int:
+        """As safetensors chunks of at most ~`chunk_bytes` each; the server loads them with the last."""
         from safetensors.torch import save as save_safetensors
 
-        version = self.weight_version + 1
         chunks: list[dict[str, Tensor]] = [{}]
         size = 0
         storages: set[int] = set()
-        for name, tensor in named_weights_for_vllm(model):
+        for name, tensor in weights:
             if size >= self.chunk_bytes:
                 chunks.append({})
                 size = 0
@@ -348,9 +452,18 @@ class VLLMServerEngine(_TokenEngine):
             storages.add(tensor.untyped_storage().data_ptr())
             chunks[-1][name] = tensor
             size += tensor.numel() * tensor.element_size()
+        pushed = 0
         for index, chunk in enumerate(chunks):  # the server loads everything with the last chunk
             last = index == len(chunks) - 1
-            self._request("/update_weights", save_safetensors(chunk),
+            body = save_safetensors(chunk)
+            pushed += len(body)
+            self._request("/update_weights", body,
                           {"Content-Type": "application/octet-stream", "X-Weight-Version": str(version),
                            "X-Last-Chunk": "1" if last else "0"})
-        self.weight_version = version
+        return pushed
+
+    def _push_adapter(self, payload: bytes, version: int) -> int:
+        """One POST /load_adapter: the server writes it where vLLM loads adapters from."""
+        self._request("/load_adapter", payload,
+                      {"Content-Type": "application/octet-stream", "X-Weight-Version": str(version)})
+        return len(payload)

@@ -23,6 +23,7 @@ def build_preset(config: LMTrainConfig):
 
 def build_rewards(config: LMTrainConfig):
     from grpokit.rewards import RewardRunner
+    from grpokit.rewards.loader import load_configured_reward
 
     rewards = [load_configured_reward(r, config.rewards_timeout_seconds) for r in config.rewards]
     names = [reward.name for reward in rewards]
@@ -31,17 +32,6 @@ def build_rewards(config: LMTrainConfig):
             raise ConfigError(f"rewards[{index}]: a reward named {name!r} comes earlier too (names key the "
                               "metrics); set name: to tell them apart")
     return RewardRunner(rewards, on_error=config.on_reward_error)
-
-
-def load_configured_reward(r, default_timeout_seconds: float | None):
-    """One `rewards:` entry, bounded by its own timeout_seconds or else the config's default — except a
-    reward that must run in the main thread (its own per-sample guards need it; a timeout would move it)."""
-    from grpokit.rewards import load_reward
-
-    reward = load_reward(r.function, name=r.name, weight=r.weight, timeout_seconds=r.timeout_seconds, **r.kwargs)
-    if reward.timeout_seconds is None and not reward.main_thread and default_timeout_seconds is not None:
-        reward = dataclasses.replace(reward, timeout_seconds=default_timeout_seconds)
-    return reward
 
 
 def set_torch_threads(num_threads: int) -> None:
@@ -209,12 +199,15 @@ def build_engine(config: LMTrainConfig, policy, device):
     generation_config = getattr(policy.model, "generation_config", None)
     eos = getattr(generation_config, "eos_token_id", None)
     eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if r.engine in ("vllm_server", "vllm_colocate") and r.vllm.weight_sync == "adapter" and not policy.is_lora:
+        raise ConfigError("rollout.vllm.weight_sync: adapter needs a LoRA policy (model.lora); use auto or merged")
     if r.engine == "vllm_server":
         from grpokit.rollout.vllm_engine import VLLMServerEngine
 
         return VLLMServerEngine(r.vllm.server_url, policy.tokenizer, timeout=r.vllm.request_timeout,
-                                eos_token_ids=eos_ids, device=device)
+                                eos_token_ids=eos_ids, device=device, weight_sync=r.vllm.weight_sync)
     if r.engine == "vllm_colocate":
+        from grpokit.rollout.lora_sync import lora_rank
         from grpokit.rollout.vllm_engine import VLLMColocateEngine
 
         v = r.vllm
@@ -224,7 +217,8 @@ def build_engine(config: LMTrainConfig, policy, device):
         return VLLMColocateEngine(v.model or config.model.name_or_path, policy.tokenizer, dtype=v.dtype,
                                   max_model_len=v.max_model_len, gpu_memory_utilization=v.gpu_memory_utilization,
                                   kv_cache_gib=v.kv_cache_gib, enable_sleep_mode=v.enable_sleep_mode,
-                                  seed=config.training.seed, eos_token_ids=eos_ids, device=device)
+                                  seed=config.training.seed, eos_token_ids=eos_ids, device=device,
+                                  weight_sync=v.weight_sync, lora_rank=lora_rank(policy.model))
     from grpokit.rollout.inprocess import InProcessEngine
 
     return InProcessEngine(policy.model, policy.tokenizer, device=device)
