@@ -134,6 +134,8 @@ def run(seed: int, max_staleness: int, threads: int, steps: int, producer: str =
     return {
         "seed": seed, "max_staleness": max_staleness, "producer": producer if max_staleness else None,
         "threads": threads, "steps": steps, "seconds": seconds,
+        # the trainer's wait for (sync: time to sample and score) each step's rollout, summed
+        "rollout_seconds": sum(m.get("time/rollout_seconds", 0.0) for m in steps_logged),
         "acc_before": before[f"eval/mean@{k}"], "acc_after": after[f"eval/mean@{k}"],
         **{key: mean_of(f"train/{key}") for key in ("is_weight_mean", "is_ess", "frac_truncated")},
         "is_weight_max": max((m.get("train/is_weight_max", 1.0) for m in steps_logged), default=None),
@@ -150,10 +152,18 @@ def main() -> None:
     for seed in SEEDS:
         warmed_up_weights(seed)
     print(f"warm-ups: {time.perf_counter() - started:.0f} s", flush=True)
-    probe = {threads: run(0, 0, threads, PROBE_STEPS)["seconds"] for threads in (1, 2)}
+    probes = {threads: run(0, 0, threads, PROBE_STEPS) for threads in (1, 2)}
+    probe = {threads: r["seconds"] for threads, r in probes.items()}
     sync_threads = min(probe, key=probe.get)
     print(f"sync probe ({PROBE_STEPS} steps): 1 thread {probe[1]:.1f} s, 2 threads {probe[2]:.1f} s -> "
           f"{sync_threads}", flush=True)
+    # What overlap can give at best with one core each: the producer's side (sampling + scoring) and the
+    # trainer's (all the rest) of a 1-thread synchronous step run side by side, against the best sync run.
+    sample_1t = probes[1]["rollout_seconds"]
+    overlap_bound = probe[sync_threads] / max(sample_1t, probe[1] - sample_1t)
+    print(f"overlap bound: at 1 thread sampling + scoring take {sample_1t:.2f} s and the rest of the step "
+          f"{probe[1] - sample_1t:.2f} s of {probe[1]:.2f} s; one core each can at best take max() of the two: "
+          f"speedup over the best sync run <= {overlap_bound:.2f}", flush=True)
     # the asynchronous runs at their best split too: the producer has 1 thread, the trainer 1 or 2
     async_probe = {threads: run(0, 1, threads, PROBE_STEPS)["seconds"] for threads in (1, 2)}
     async_threads = min(async_probe, key=async_probe.get)
@@ -168,6 +178,8 @@ def main() -> None:
             print(json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()}),
                   flush=True)
     (OUT / "results.json").write_text(json.dumps({"probe_seconds": probe, "sync_threads": sync_threads,
+                                                  "probe_rollout_seconds_1_thread": sample_1t,
+                                                  "overlap_bound": overlap_bound,
                                                   "async_probe_seconds": async_probe,
                                                   "async_trainer_threads": async_threads, "runs": results}, indent=2))
 

@@ -11,8 +11,10 @@ def addition_records(limit: int = 10) -> list[dict]:
 
 
 def _make_vllm_trainer(build_model, tmp_path, engine: str, model_dir: Path, *, server_url: str | None = None,
-                       policy_seed: int | None = None, vllm_model: Path | None = None, steps: int = 2):
-    """A 2-step GRPO trainer on the tiny model whose rollouts come from a vLLM engine."""
+                       policy_seed: int | None = None, vllm_model: Path | None = None, steps: int = 2,
+                       training: dict | None = None, reward: str = "exact_match"):
+    """A 2-step GRPO trainer on the tiny model whose rollouts come from a vLLM engine (`training`: more
+    training-section settings)."""
     from grpokit.data import PromptDataset
     from grpokit.trainers.lm_build import build_trainer
     from grpokit.trainers.lm_config import load_lm_config
@@ -28,10 +30,10 @@ def _make_vllm_trainer(build_model, tmp_path, engine: str, model_dir: Path, *, s
     config = load_lm_config({
         "model": {"name_or_path": str(model_dir)},
         "data": {"path": "unused-when-data-is-passed"},
-        "rewards": [{"function": "exact_match"}],
+        "rewards": [{"function": reward}],
         "algorithm": {"preset": "grpo", "overrides": {"beta": 0.0}},
         "rollout": rollout,
-        "training": {"max_steps": steps, "micro_batch_size": 8, "learning_rate": 1e-2},
+        "training": {"max_steps": steps, "micro_batch_size": 8, "learning_rate": 1e-2, **(training or {})},
         "eval": {"every_steps": 0},
         "logging": {"run_dir": str(tmp_path / "run"), "progress": False, "tensorboard": False, "plot": False},
     })

@@ -43,13 +43,13 @@ def test_behaviour_version_is_step_minus_k_and_never_before_the_first_version():
 
 def _record_takes(trainer) -> dict[int, object]:
     taken: dict[int, object] = {}
-    original = trainer.pipeline.take
+    original = trainer.rollouts.take
 
     def take(step):
         taken[step] = original(step)
         return taken[step]
 
-    trainer.pipeline.take = take
+    trainer.rollouts.take = take
     return taken
 
 
@@ -166,11 +166,16 @@ def test_async_configs_it_cannot_run_are_clear_errors(tmp_path, make_trainer):
     from grpokit.trainers.lm_config import load_lm_config
 
     config = make_trainer(tmp_path, training={"async": {"max_staleness": 1}}).config
-    with pytest.raises(ConfigError, match="training.async.max_staleness: 1 runs in one process"):
-        check_async_config(config, world_size=2)
+    config.rollout.engine = "vllm_colocate"
+    with pytest.raises(ConfigError, match="not vllm_colocate yet"):
+        check_async_config(config)
     config.rollout.engine = "vllm_server"
-    with pytest.raises(ConfigError, match="needs rollout.engine: inprocess"):
-        check_async_config(config, world_size=1)
+    check_async_config(config)  # the producer pushes each version to the server (tests/rollout/test_vllm_async.py)
+    with pytest.raises(ConfigError, match="runs in one process for now"):
+        check_async_config(config, world_size=2)
+    config.training.async_.producer = "process"
+    with pytest.raises(ConfigError, match="producer: process cannot drive rollout.engine: vllm_server"):
+        check_async_config(config)
     minimal = {"model": {"name_or_path": "m"}, "data": {"path": "d"}, "rewards": [{"function": "exact_match"}]}
     with pytest.raises(ConfigError, match=r"training.async.max_staleness: must be >= 0"):
         load_lm_config({**minimal, "training": {"async": {"max_staleness": -1}}})
@@ -296,3 +301,13 @@ def test_a_crashed_run_resumes_to_the_bit_with_adaptive_and_dynamic_sampling(tmp
         assert torch.equal(resumed_taken[step].rollout.completion_ids, whole_taken[step].rollout.completion_ids)
     for a, b in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_queue_written_by_another_number_of_processes_is_a_clear_error(tmp_path, make_trainer):
+    """Each rank's queue holds that rank's share of the prompts: it cannot be resumed by another count."""
+    trainer = make_trainer(tmp_path, training={"async": {"max_staleness": 1, "producer": "thread"}})
+    with pytest.raises(ConfigError, match=r"sampled by 2 process\(es\).*resume with 2"):
+        trainer.rollouts.load_checkpoint_state({"async_queue": [{}], "async_queue_by_rank": [[{}], [{}]]},
+                                               rank=0, world_size=1)
+    with pytest.raises(ConfigError, match=r"sampled by 1 process\(es\).*resume with 1"):
+        trainer.rollouts.load_checkpoint_state({"async_queue": [{}]}, rank=1, world_size=2)

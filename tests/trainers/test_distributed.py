@@ -339,3 +339,36 @@ def test_fsdp_with_lora_trains_the_same_adapter_as_one_process(single_process_ru
     assert one.keys() == two.keys() and any("lora_B" in k for k in one)
     assert max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k) > 1e-2  # B left zero: trained
     assert_same_trained_weights(one, two, None, **{**SAME_WEIGHTS, "learning_rate": 3e-2})
+
+
+def test_two_processes_train_asynchronously_like_one_and_resume_from_every_ranks_queue(
+        single_process_run, grpokit_train, launch_two, final_weights, assert_same_trained_weights):
+    """training.async with 2 processes: each rank's producer (forked from it) samples that rank's share of
+    every step with the scheduled older weights, so the run equals one process's asynchronous run. The
+    step-2 checkpoint holds both ranks' queues (step 2, sampled by version 1): with the final checkpoint
+    removed, the same command resumes from it and ends on the same weights, to the bit."""
+    import shutil
+
+    from grpokit.checkpoint import load_checkpoint
+
+    settings = ("training.async={max_staleness: 1, producer: process}",)
+    grpokit_train(single_process_run, single_process_run / "config.yaml", single_process_run / "async_one",
+                  *settings, timeout=RUN_TIMEOUT_SECONDS)
+    launch_two(single_process_run, "async_two", *settings)
+    _assert_same_weights_and_metrics(final_weights, assert_same_trained_weights, single_process_run, "async_two",
+                                     reference_run="async_one")
+    logged = [json.loads(line) for line in (single_process_run / "async_two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/staleness_max"] for r in logged if "async/staleness_max" in r] == [0.0, 1.0, 1.0]
+
+    middle = single_process_run / "async_two" / "checkpoints" / "step-000002"
+    extra = load_checkpoint(middle, restore_rng=False)["extra_state"]
+    queues = extra["async_queue_by_rank"]
+    assert [[(q["step"], q["version"]) for q in queue] for queue in queues] == [[(2, 1)], [(2, 1)]]
+    assert queues[0][0]["rollout"]["prompts"] != queues[1][0]["rollout"]["prompts"]  # each rank its own share
+
+    resumed = single_process_run / "async_two_resumed"
+    shutil.copytree(single_process_run / "async_two", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000003")
+    launch_two(single_process_run, "async_two_resumed", *settings)
+    uninterrupted, again = final_weights(single_process_run / "async_two"), final_weights(resumed)
+    assert all(torch.equal(uninterrupted[name], again[name]) for name in uninterrupted)

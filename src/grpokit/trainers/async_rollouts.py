@@ -24,18 +24,23 @@ Lossless state: the rollouts sampled but not yet trained on, their versions and 
 of the last of them go into every checkpoint (`checkpoint_state`), so killing the run at any moment and
 running the same command again neither loses a prompt nor trains on one twice.
 
-The producer is a forked process by default (`grpokit.trainers.async_process`: its own interpreter
-lock, so the Python side of sampling and scoring overlaps training too) or a thread of this process
-(`producer: thread`); docs/async.md has the measurements and how to split threads on bigger machines.
+With the in-process engine the producer is a forked process (`grpokit.trainers.async_process`: its own
+interpreter lock, so the Python side of sampling and scoring overlaps training too) or a thread of this
+process (`producer: thread`). With a vLLM server it is a thread that pushes version s − k to the server
+before sampling step s (the trainer pushes nothing; an evaluation borrows the server with the trainer's
+weights). With several training processes every rank has its own producer for its share of the prompts.
+docs/async.md has the measurements and how to split threads on bigger machines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import multiprocessing
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +48,7 @@ import torch
 
 from grpokit.config_schema import ConfigError
 from grpokit.trainers.async_queue import QueuedRollout, queued_from_json, queued_to_json
+from grpokit.trainers.rollout_source import ASYNC_QUEUE_BY_RANK_KEY, ASYNC_QUEUE_KEY
 from grpokit.trainers.scored import ScoredRollout
 
 log = logging.getLogger("grpokit.trainer")
@@ -54,23 +60,38 @@ def behaviour_version(step: int, max_staleness: int, first_version: int) -> int:
     return max(first_version, step - max_staleness)
 
 
-def check_async_config(config, world_size: int) -> None:
+def producer_kind(config) -> str:
+    """"process" or "thread": `training.async.producer`, with "auto" = process for the in-process engine,
+    thread for a vLLM engine (which the producer drives over HTTP or in memory, mostly waiting on it)."""
+    chosen = config.training.async_.producer
+    if chosen != "auto":
+        return chosen
+    return "process" if config.rollout.engine == "inprocess" else "thread"
+
+
+def check_async_config(config, world_size: int = 1) -> None:
     """What the asynchronous pipeline does not (yet) support: a clear error naming the field."""
     k = config.training.async_.max_staleness
     if not k:
         return
-    if config.rollout.engine != "inprocess":
-        raise ConfigError(f"training.async.max_staleness: {k} needs rollout.engine: inprocess for now "
-                          f"(got {config.rollout.engine!r}); with vLLM, set max_staleness: 0")
+    vllm = config.rollout.engine != "inprocess"
+    if config.rollout.engine == "vllm_colocate":  # the producer thread would share the training process's
+        # device and the engine's sleep/wake cycle with the trainer: not built nor tested yet
+        raise ConfigError(f"training.async.max_staleness: {k} supports rollout.engine: inprocess or vllm_server, "
+                          "not vllm_colocate yet; use a vLLM server (grpokit vllm-serve) or max_staleness: 0")
+    if vllm and producer_kind(config) == "process":
+        raise ConfigError(f"training.async.producer: process cannot drive rollout.engine: {config.rollout.engine} "
+                          "(a forked child cannot share the engine); use producer: thread or auto")
+    if vllm and world_size > 1:
+        raise ConfigError(f"training.async.max_staleness: {k} with rollout.engine: {config.rollout.engine} runs "
+                          f"in one process for now ({world_size} launched): every rank's producer would push "
+                          "its own weights to the one engine; use rollout.engine: inprocess or max_staleness: 0")
     if config.rollout.agent is not None:
         raise ConfigError("training.async.max_staleness: multi-turn episodes (rollout.agent) are not "
                           "supported asynchronously yet; set max_staleness: 0")
-    if config.training.async_.producer == "process" and "fork" not in multiprocessing.get_all_start_methods():
+    if producer_kind(config) == "process" and "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigError("training.async.producer: process forks the trainer, and this platform cannot fork; "
                           "use producer: thread")
-    if world_size > 1:
-        raise ConfigError(f"training.async.max_staleness: {k} runs in one process for now ({world_size} "
-                          "processes launched); set max_staleness: 0 or launch one process")
 
 
 @dataclass
@@ -84,18 +105,23 @@ class _Clock:
 
 
 class AsyncRollouts:
-    """The producer (a thread, or a forked process) and the queue between it and the trainer (one process
-    of training, in-process engine)."""
+    """The producer (a thread, or a forked process) and the queue between it and the trainer (in-process
+    engine). With several training processes every rank has its own producer, forked from it, sampling
+    that rank's share of each step's prompts (`LMTrainer.sample` shards by rank; the prompt sampler and
+    the version schedule are the same on every rank), so a rank's queue holds exactly what a synchronous
+    rank would sample; the checkpoint holds every rank's queue (`ASYNC_QUEUE_BY_RANK_KEY`)."""
 
     def __init__(self, trainer):
         from grpokit.rollout.inprocess import InProcessEngine
 
         settings = trainer.config.training.async_
+        kind = producer_kind(trainer.config)
         inline = [r.name for r in getattr(trainer.reward_runner, "rewards", [])
                   if getattr(r, "main_thread", False) and r.timeout_seconds is None]
-        if inline and settings.producer == "thread":  # math_verify's per-sample signal timeouts: main thread only
+        if inline and kind == "thread":  # math_verify's per-sample signal timeouts: main thread only
             raise ConfigError(f"training.async.producer: thread: rewards {inline} must run in a main thread, and "
-                              "the producer thread is not one; use producer: process")
+                              "the producer thread is not one; use producer: process (in-process engine) or "
+                              "give the reward a timeout_seconds")
         self.trainer = trainer
         self.max_staleness = settings.max_staleness
         self.stale_policy = settings.stale_policy
@@ -105,7 +131,16 @@ class AsyncRollouts:
         # the trainer's (requires_grad included: on CPU, linear layers without it round differently, and the
         # producer must sample exactly what the trainer's own engine would; it runs under no_grad anyway).
         self.model = copy.deepcopy(trainer.weights_policy.model)
-        self.engine = InProcessEngine(self.model, trainer.policy.tokenizer, device=getattr(trainer.engine, "device", None))
+        # With a vLLM engine the producer owns the engine's weights: before sampling step s it pushes version
+        # s − k (`sync_weights` from its copy); the trainer pushes nothing after its updates, and an evaluation
+        # pauses the producer and pushes the trainer's weights (`evaluation_engine`).
+        self.owns_engine = trainer.config.rollout.engine != "inprocess"
+        if self.owns_engine:
+            self.engine = trainer.engine
+        else:
+            self.engine = InProcessEngine(self.model, trainer.policy.tokenizer,
+                                          device=getattr(trainer.engine, "device", None))
+        self._engine_lock = threading.Lock()  # the producer's sampling vs an evaluation (owns_engine)
         self._condition = threading.Condition()
         self._queue: dict[int, QueuedRollout] = {}
         self._snapshots: dict[int, dict[str, torch.Tensor]] = {}  # published versions not yet sampled from
@@ -118,14 +153,14 @@ class AsyncRollouts:
         self._error: BaseException | None = None
         self._clock = _Clock()
         self._last_staleness = 0
-        self.sampler_metrics: dict[str, float] = {}  # the sampler's metrics as of drawing the step just taken
+        self._sampler_metrics: dict[str, float] = {}  # the sampler's metrics as of drawing the step just taken
         # torch's thread count is per thread: the producer sets its own (by default the trainer's)
         self._num_threads = settings.producer_threads or torch.get_num_threads()
         self._process = None
-        if settings.producer == "process" and torch.cuda.is_initialized():
+        if kind == "process" and torch.cuda.is_initialized():
             raise ConfigError("training.async.producer: process forks the trainer, and a forked child cannot use "
                               "CUDA once it is initialised; use producer: thread")
-        if settings.producer == "process":
+        if kind == "process":
             # Forked now, before the run directory is locked (a forked child would hold the lock's flock
             # past a kill -9 of this process); it waits for `start`.
             from grpokit.trainers.async_process import ProducerProcess
@@ -173,7 +208,7 @@ class AsyncRollouts:
             self._condition.notify_all()
         self._clock.trainer_idle += time.perf_counter() - started
         staleness = self._last_staleness = step - item.version
-        self.sampler_metrics = item.sampler_metrics
+        self._sampler_metrics = item.sampler_metrics
         self._clock.extra = self._staleness_metrics(item, staleness)
         if staleness > 0:
             # The engine-vs-trainer log-prob check compares equal weights; these were sampled by older ones
@@ -185,6 +220,26 @@ class AsyncRollouts:
             self._clock.extra["async/stale_dropped_groups"] = float(len(item.scored.prompt_indices))
             return _without_groups(item.scored)
         return item.scored
+
+    def sampler_metrics(self) -> dict[str, float]:
+        """The prompt sampler's metrics as of drawing the step just taken (the producer draws ahead)."""
+        return dict(self._sampler_metrics)
+
+    def updated(self, step: int) -> None:
+        """Update `step` is done (or skipped): its weights are version step + 1, which step + 1 + k samples with."""
+        self.publish(step + 1)
+
+    @contextlib.contextmanager
+    def evaluation_engine(self) -> Iterator[None]:
+        """Around an evaluation: with a vLLM engine the producer waits (after the step it is sampling) while
+        the engine holds the trainer's current weights, then pushes its own version again."""
+        if not self.owns_engine:  # the trainer's in-process engine samples the trainer's own weights
+            yield
+            return
+        with self._engine_lock:
+            self.engine.sync_weights(self.trainer.weights_policy.model)
+            self._loaded_version = None
+            yield
 
     def advantage_scale(self) -> float:
         """stale_weight^(staleness − k) for the rollout just taken when down-weighted and stale, else 1."""
@@ -225,9 +280,16 @@ class AsyncRollouts:
             sampler = items[-1].sampler_state if items else self._last_sampler_state
         return {"sampler": sampler, ASYNC_QUEUE_KEY: [queued_to_json(q) for q in items]}
 
-    def load_checkpoint_state(self, extra: dict) -> None:
-        """Restore the queue a checkpoint holds (before `start`)."""
-        items = [queued_from_json(q) for q in extra.get(ASYNC_QUEUE_KEY) or []]
+    def load_checkpoint_state(self, extra: dict, *, rank: int = 0, world_size: int = 1) -> None:
+        """Restore this rank's queue from a checkpoint (before `start`)."""
+        by_rank = extra.get(ASYNC_QUEUE_BY_RANK_KEY)
+        written_by = len(by_rank) if by_rank is not None else 1
+        if extra.get(ASYNC_QUEUE_KEY) and written_by != world_size:
+            raise ConfigError(f"training.async: the checkpoint's queued rollouts were sampled by {written_by} "
+                              f"process(es), each its share of the prompts; resume with {written_by} process(es), "
+                              "or with training.async.max_staleness: 0 (their prompts are then skipped)")
+        queued = by_rank[rank] if by_rank is not None else extra.get(ASYNC_QUEUE_KEY)
+        items = [queued_from_json(q) for q in queued or []]
         self._queue = {q.step: q for q in items}
         self._last_sampler_state = extra.get("sampler")
 
@@ -245,11 +307,14 @@ class AsyncRollouts:
             idle = time.perf_counter() - started
             if weights is None:
                 return
-            if version != self._loaded_version:
-                self.model.load_state_dict(weights)
-                self._loaded_version = version
             started = time.perf_counter()
-            scored = self.trainer.sample(step, engine=self.engine)
+            with self._engine_lock:
+                if version != self._loaded_version:
+                    self.model.load_state_dict(weights)
+                    if self.owns_engine:  # vLLM samples with what it was last pushed
+                        self.engine.sync_weights(self.model)
+                    self._loaded_version = version
+                scored = self.trainer.sample(step, engine=self.engine)
             sampler_state = copy.deepcopy(self.trainer.sampler.state_dict())
             sampler_metrics = self.trainer.sampler.metrics() if hasattr(self.trainer.sampler, "metrics") else {}
             deliver(QueuedRollout(step, version, scored, sampler_state, time.perf_counter() - started,
@@ -300,9 +365,6 @@ class AsyncRollouts:
         metrics["async/behaviour_version"] = float(item.version)
         metrics["async/producer_seconds"] = item.seconds
         return metrics
-
-
-ASYNC_QUEUE_KEY = "async_queue"
 
 
 def _without_groups(scored: ScoredRollout) -> ScoredRollout:

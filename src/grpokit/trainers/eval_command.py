@@ -27,6 +27,7 @@ def run_lm_eval(config, *, base: bool = False, show: int = 0, out=print, **build
     if show < 0:
         raise ConfigError(f"--show: must be >= 0, got {show}")
     checkpoint = None if base else eval_checkpoint(config.logging.run_dir)
+    config.training.async_.max_staleness = 0  # evaluating samples nothing ahead: no producer to start
     trainer = build_trainer(config, **build)
     if checkpoint is None:
         out(f"weights: base model {config.model.name_or_path}")

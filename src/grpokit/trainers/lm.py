@@ -62,6 +62,7 @@ from grpokit.trainers.distributed import (
 from grpokit.trainers.lm_config import LMTrainConfig
 from grpokit.trainers.lm_run import LMRunCoordination
 from grpokit.trainers.lr_schedule import make_lr_scheduler
+from grpokit.trainers.rollout_source import SyncRollouts
 from grpokit.trainers.scored import (
     ScoredRollout,
     concat_scored,
@@ -137,14 +138,14 @@ class LMTrainer(LMRunCoordination):
             self.weights_policy = Policy(full_copy, policy.tokenizer, is_lora=policy.is_lora)
         self.train_module = self.parallel.wrap(policy.model)
         self.optimizer = self._make_optimizer()  # after wrapping: FSDP2 swaps the parameters for shards
-        # training.async: a producer samples step s with the weights of step s − k while this one updates
-        # (grpokit.trainers.async_rollouts); None = sample, then update.
-        self.pipeline = None
+        # Where each step's rollout comes from (grpokit.trainers.rollout_source): sampled now, or with
+        # training.async, by a producer that sampled step s with the weights after update s − k meanwhile.
+        self.rollouts = SyncRollouts(self)
         if config.training.async_.max_staleness:
             from grpokit.trainers.async_rollouts import AsyncRollouts, check_async_config
 
             check_async_config(config, self.parallel.world_size)
-            self.pipeline = AsyncRollouts(self)
+            self.rollouts = AsyncRollouts(self)
         self.scheduler = make_lr_scheduler(self.optimizer, config.training)  # stepped by the run loop
 
     # ------------------------------------------------------------------ set-up
@@ -431,31 +432,26 @@ class LMTrainer(LMRunCoordination):
     def train_step(self, step: int) -> dict[str, float]:
         """One GRPO step: sample and score → advantages → μ passes of updates. Returns its metrics."""
         started = time.perf_counter()
-        scored = self.sample(step) if self.pipeline is None else self.pipeline.take(step)  # async: waits only
+        scored = self.rollouts.take(step)  # sampled now, or (async) taken from the producer's queue
         rollout_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        if self.pipeline is not None:  # the producer draws ahead: the sampler as it was when it drew this step
-            sampler_metrics = dict(self.pipeline.sampler_metrics)
-        else:
-            sampler_metrics = self.sampler.metrics() if hasattr(self.sampler, "metrics") else {}
+        sampler_metrics = self.rollouts.sampler_metrics()
         sampler_metrics["rollouts/step"] = float(scored.generated_rollouts)
         if len(scored.prompt_indices) == 0:
-            if self.pipeline is not None:  # no update, but version s + 1 (= version s) is what s + 1 + k waits for
-                self.pipeline.publish(step + 1)
-                sampler_metrics.update(self.pipeline.step_metrics())
+            self.rollouts.updated(step)  # no update: the weights after step s are those before it
             return {"dynamic_sampling/rounds": float(scored.generation_rounds),
                     "dynamic_sampling/dropped_groups": float(scored.dropped_groups), "train/skipped": 1.0,
-                    **sampler_metrics}
+                    **sampler_metrics, **self.rollouts.step_metrics()}
         batch = self.prepare(scored)
-        if self.pipeline is not None:  # 1, or < 1 for a down-weighted stale rollout (training.async)
-            batch.advantages = batch.advantages * self.pipeline.advantage_scale()
+        scale = self.rollouts.advantage_scale()  # < 1 only for a down-weighted stale rollout (training.async)
+        if scale != 1.0:
+            batch.advantages = batch.advantages * scale
         self._log_samples(step + 1, scored, batch)  # before the update: these advantages drove it
         stats = self.update(batch, step)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         self._sync_engine()  # the next rollout samples from the updated policy
-        if self.pipeline is not None:
-            self.pipeline.publish(step + 1)  # the producer samples step s + 1 + k with these weights
+        self.rollouts.updated(step)  # async: the producer samples step s + 1 + k with these weights
         sync_seconds = time.perf_counter() - started
         # Batch metrics of the whole global batch: every rank's per-row values, gathered.
         view = self.parallel.global_step_view(scored, batch) if self.parallel.enabled else (scored, batch)
@@ -470,13 +466,15 @@ class LMTrainer(LMRunCoordination):
             "time/rollout_seconds": rollout_seconds,
             "time/train_seconds": train_seconds,
             "time/weight_sync_seconds": sync_seconds,
+            # vLLM engines: what the push after this update carried (the adapter alone, or merged weights)
+            **({"time/weight_sync_bytes": float(self.engine.last_sync["bytes"])}
+               if getattr(self.engine, "last_sync", None) and not self.rollouts.owns_engine else {}),
             "time/rollout_tokens_per_second": tokens / max(rollout_seconds, 1e-9),
             "time/train_tokens_per_second": tokens * self.config.training.num_iterations / max(train_seconds, 1e-9),
             "tokens_seen": float(self.tokens_seen),
         })
         metrics.update(sampler_metrics)
-        if self.pipeline is not None:  # staleness, idle seconds of producer and trainer
-            metrics.update(self.pipeline.step_metrics())
+        metrics.update(self.rollouts.step_metrics())  # async: staleness, idle seconds of producer and trainer
         if scored.rollout.trajectories is not None:  # turns, tool calls, tool seconds, tokens by role
             from grpokit.agents.episodes import episode_metrics
 
@@ -517,8 +515,10 @@ class LMTrainer(LMRunCoordination):
                                 temperature=e.temperature, greedy=e.greedy, max_new_tokens=r.max_new_tokens,
                                 top_p=r.top_p, top_k=r.top_k, reward=e.reward,
                                 success_threshold=e.success_threshold, seed=evaluation_seed(self.config.training.seed))
-        metrics, examples = evaluate_with_examples(self.agent or self.engine, self.policy.tokenizer, self.eval_data,
-                                                   self.reward_runner, settings, gold_runner=self.gold_runner)
+        with self.rollouts.evaluation_engine():  # async + vLLM: the engine holds this trainer's weights meanwhile
+            metrics, examples = evaluate_with_examples(self.agent or self.engine, self.policy.tokenizer,
+                                                       self.eval_data, self.reward_runner, settings,
+                                                       gold_runner=self.gold_runner)
         if self.samples_log is not None:
             self.samples_log.write(eval_records(self.step, examples, self.config.logging.eval_samples))
         self.eval_history.append((self.step, metrics))

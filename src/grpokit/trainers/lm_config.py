@@ -22,6 +22,7 @@ from grpokit.config_sections import (
     move_num_generations_to_rollout,
 )
 from grpokit.guards.config import GuardsConfig
+from grpokit.seeds import GENERATION_ROUND_STRIDE
 
 
 @dataclass
@@ -112,6 +113,11 @@ class VLLMConfig:
     gpu_memory_utilization: float = 0.3  # vllm_colocate on GPU: the share vLLM may take; training gets the rest
     kv_cache_gib: float | None = 1.0  # vllm_colocate: KV cache size (vLLM's CPU default takes most of the RAM)
     enable_sleep_mode: bool = False  # vllm_colocate on GPU: free vLLM's memory between rollouts
+    # What each weight sync pushes: "adapter" = a LoRA policy's adapter alone (a few MB; vLLM applies it per
+    # request; the server needs --enable-lora), "merged" = every weight with LoRA merged in. "auto" = adapter
+    # when the policy is LoRA and vLLM can apply it (else merged, with a warning saying why), except on vLLM's
+    # CPU backend, where applying an adapter made rollouts 2.5–3.7× slower than the push saves: merged there.
+    weight_sync: Literal["auto", "adapter", "merged"] = "auto"
 
 
 @dataclass
@@ -228,8 +234,10 @@ class AsyncConfig:
     stale_weight: float = 0.5  # downweight: advantages × stale_weight^(staleness − max_staleness)
     # Where the producer runs: "process", forked (Linux), with its own interpreter lock, so the Python side
     # of sampling and scoring overlaps training too; "thread", in this process (overlaps only inside torch
-    # ops; no fork). bench/async_pipeline.py measures both.
-    producer: Literal["process", "thread"] = "process"
+    # ops; no fork); "auto": process with the in-process engine, thread with a vLLM engine (the producer
+    # then pushes each version it samples with to vLLM and mostly waits on it). bench/async_pipeline.py
+    # measures both.
+    producer: Literal["auto", "process", "thread"] = "auto"
     # torch threads of the producer; None = the trainer's (training.num_threads). When updating takes longer
     # than sampling, the trainer may deserve more of the cores than the producer (docs/async.md).
     producer_threads: int | None = None
@@ -340,7 +348,9 @@ def _bounds(c: LMTrainConfig) -> list[tuple[str, Any, Any, str]]:
         ("rollout.temperature", c.rollout.temperature, at_least(0)),  # 0 = greedy
         ("rollout.top_p", c.rollout.top_p, ((lambda v: 0 < v <= 1), "in (0, 1]")),
         ("rollout.top_k", c.rollout.top_k, at_least(0)),
-        ("rollout.max_dynamic_sampling_rounds", c.rollout.max_dynamic_sampling_rounds, at_least(0)),
+        # each step's generation rounds have seeds of their own: more rounds would reuse the next step's
+        ("rollout.max_dynamic_sampling_rounds", c.rollout.max_dynamic_sampling_rounds,
+         ((lambda v: 0 <= v < GENERATION_ROUND_STRIDE), f"in [0, {GENERATION_ROUND_STRIDE - 1}]")),
         ("rollout.mismatch_tolerance", c.rollout.mismatch_tolerance, positive),
         ("training.max_steps", c.training.max_steps, at_least(1)),
         ("training.num_iterations", c.training.num_iterations, at_least(1)),

@@ -23,14 +23,12 @@ class LMRunCoordination:
         try:
             return run_training(self)
         finally:
-            if getattr(self, "pipeline", None) is not None:  # the producer thread ends with the run
-                self.pipeline.stop()
+            self.rollouts.stop()  # async: the producer ends with the run
 
     # ------------------------------------------------------------------ the run loop's hooks
     def start_run(self) -> None:
         self._sync_engine()  # the engine starts from the (resumed, warmed-up) policy
-        if getattr(self, "pipeline", None) is not None:  # training.async: the producer starts sampling ahead
-            self.pipeline.start(self.step)
+        self.rollouts.start(self.step)  # async: the producer starts sampling ahead
 
     @contextlib.contextmanager
     def open_run_logs(self) -> Iterator[list]:
@@ -62,11 +60,11 @@ class LMRunCoordination:
             from grpokit.trainers.fsdp import FullOptimizerState
 
             optimizer_state = FullOptimizerState(self.train_module, self.optimizer).state_dict()
+        # Every rank's rollout state (async: each rank's producer queued its own share of the prompts).
+        rollout_states = self.parallel.gather(self.rollouts.checkpoint_state(self.step))
         self.parallel.barrier()
-        if self.parallel.is_main and self.parallel.fsdp:
-            save_checkpoint(self, optimizer_state=optimizer_state)
-        elif self.parallel.is_main:
-            save_checkpoint(self)
+        if self.parallel.is_main:
+            save_checkpoint(self, optimizer_state=optimizer_state, rollout_states=rollout_states)
         self.parallel.barrier()
 
     def resume_latest(self) -> Path | None:
@@ -96,6 +94,8 @@ class LMRunCoordination:
             from grpokit.trainers.fsdp import full_state_dict
 
             self.weights_policy.model.load_state_dict(full_state_dict(self.model))
+        if self.rollouts.owns_engine:  # async with vLLM: the producer pushes the versions it samples with
+            return
         shared = getattr(self.engine, "shared_across_ranks", False)
         if not shared or self.parallel.is_main:
             self.engine.sync_weights(self.weights_policy.model)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from grpokit.checkpoint import CheckpointManager, model_dir
 from grpokit.errors import GrpokitError
+from grpokit.trainers.rollout_source import ASYNC_QUEUE_BY_RANK_KEY, ASYNC_QUEUE_KEY
 
 
 @contextlib.contextmanager
@@ -43,12 +44,14 @@ def _fsdp(trainer) -> bool:
     return bool(parallel is not None and parallel.fsdp)
 
 
-def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | None = None) -> Path:
+def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | None = None,
+                    rollout_states: list[dict] | None = None) -> Path:
     """The trainer's whole state as `checkpoints/step-N`, or `checkpoints/<tag>` ("best"...: never pruned).
 
     Under FSDP the optimizer is sharded: `optimizer_state` is its state gathered beforehand by every
     rank (`LMTrainer.save_run_checkpoint`); a tagged save made by rank 0 alone (a guard's best-gold copy)
-    holds the weights without the optimizer.
+    holds the weights without the optimizer. `rollout_states`: every rank's `rollouts.checkpoint_state`
+    (training.async: each rank's queue), gathered beforehand; None = this process's alone.
     """
     from grpokit.models.loading import save_policy
 
@@ -71,9 +74,11 @@ def save_checkpoint(trainer, *, tag: str | None = None, optimizer_state: dict | 
 
         optimizer = GatheredState(optimizer_state) if optimizer_state is not None else None
     extra = {"sampler": trainer.sampler.state_dict(), "tokens_seen": trainer.tokens_seen, **_guard_extra(trainer)}
-    pipeline = getattr(trainer, "pipeline", None)
-    if pipeline is not None:  # training.async: the sampled-but-untrained rollouts, the sampler as of the last
-        extra.update(pipeline.checkpoint_state(trainer.step))
+    # training.async: the sampled-but-untrained rollouts, the sampler as of the last of them
+    rollout_states = rollout_states or [trainer.rollouts.checkpoint_state(trainer.step)]
+    extra.update(rollout_states[0])
+    if len(rollout_states) > 1 and ASYNC_QUEUE_KEY in rollout_states[0]:
+        extra[ASYNC_QUEUE_BY_RANK_KEY] = [state[ASYNC_QUEUE_KEY] for state in rollout_states]
     return _manager(trainer).save(trainer.step, model_saver=save_model, optimizer=optimizer,
                                   scheduler=trainer.scheduler, extra_state=extra, tag=tag)
 
@@ -132,25 +137,11 @@ def resume_latest(trainer) -> Path | None:
     trainer.step = int(state["step"])
     extra = state["extra_state"]
     trainer.sampler.load_state_dict(extra["sampler"])
-    _load_async_queue(trainer, extra)
+    trainer.rollouts.load_checkpoint_state(extra, rank=trainer.parallel.rank,
+                                           world_size=trainer.parallel.world_size)
     trainer.tokens_seen = int(extra.get("tokens_seen", 0))
     _load_guard_extra(trainer, extra)
     return path
-
-
-def _load_async_queue(trainer, extra: dict) -> None:
-    """training.async: the rollouts sampled but not trained on when the checkpoint was written."""
-    from grpokit.trainers.async_rollouts import ASYNC_QUEUE_KEY
-
-    pipeline = getattr(trainer, "pipeline", None)
-    if pipeline is not None:
-        pipeline.load_checkpoint_state(extra)
-    elif extra.get(ASYNC_QUEUE_KEY):  # resumed with training.async off: their prompts are not trained on
-        import logging
-
-        logging.getLogger("grpokit.trainer").warning(
-            "the checkpoint holds %d queued asynchronous rollouts (training.async); resumed synchronously, their "
-            "prompts are skipped", len(extra[ASYNC_QUEUE_KEY]))
 
 
 def _guard_extra(trainer) -> dict:
