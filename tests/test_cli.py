@@ -124,6 +124,7 @@ def test_missing_model_directory_is_one_line_naming_it(tmp_path, capsys):
     error = _one_line_error(capsys, ["train", _config(tmp_path, data)], "model")
     assert str(tmp_path / "no-model-needed") in error and "not found" in error
     assert "Repo id" not in error
+    assert not (tmp_path / "run").exists()  # the run dir made for the lock is not left behind empty
 
 
 def test_unknown_builtin_module_or_function_reward_is_one_line(tmp_path, capsys, tiny_model_dir):

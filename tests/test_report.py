@@ -89,6 +89,15 @@ def test_panels_without_logged_keys_are_left_out_and_a_quiet_run_says_so(tmp_pat
     assert "No alarm fired." in page and "Entropy per token: 0.5 at step 1 → 0.4 at step 2" in page
 
 
+def test_the_reward_panel_of_a_run_without_gold_is_not_titled_proxy_vs_gold(tmp_path, hacked_report):
+    with MetricsLogger(tmp_path / "run", tensorboard=False) as logger:
+        for step in (1, 2):
+            logger.log(step, {"reward/mean": 0.1 * step})
+    page = write_report(tmp_path / "run").read_text()
+    assert 'alt="Training reward (no gold reward configured' in page and "Proxy vs gold" not in page
+    assert 'alt="Proxy vs gold (held-out)"' in hacked_report.read_text()  # a run with gold keeps the title
+
+
 def test_summary_states_the_alarm_and_the_gold_of_the_restored_policy():
     records = [
         {"step": 0, "gold/score": 0.4, "proxy/score": 0.3},

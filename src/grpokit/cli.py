@@ -6,7 +6,10 @@ import argparse
 import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 THREADS_HELP = ("torch threads (intra- and inter-op) of this process, set before the model loads; overrides "
                 "training.num_threads. On a shared CPU one thread per process is usually fastest")
@@ -242,13 +245,34 @@ def _one_line_warnings(enabled: bool):
         warnings.formatwarning = original
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised in the main thread like Ctrl-C, so that every
+    `finally` runs: the run lock is released, logs are flushed, an async producer is stopped."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user mistakes print `grpokit: <kind> error: ...` and return 2 (see grpokit.errors)."""
     args = _parser().parse_args(argv)
     from grpokit.errors import GrpokitError
 
     try:
-        with _one_line_warnings(enabled=not args.debug):
+        with _one_line_warnings(enabled=not args.debug), _sigterm_raises():
             return _run(args)
     except GrpokitError as error:
         if args.debug:
@@ -321,9 +345,13 @@ def _run(args: argparse.Namespace) -> int:
                 from grpokit.trainers.eval_command import run_lm_eval
 
                 run_lm_eval(config, base=args.base, show=args.show)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         if args.debug:
             raise
+        if isinstance(interruption, _Terminated):
+            print("grpokit: terminated (SIGTERM); the same command resumes from the last checkpoint",
+                  file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("grpokit: interrupted", file=sys.stderr)
         return 130
     return 0

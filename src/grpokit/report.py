@@ -13,6 +13,7 @@ on every panel's time axis.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fnmatch
 import html
 import io
@@ -42,6 +43,14 @@ class Panel:
     title: str
     keys: tuple[str, ...]  # fnmatch patterns over the logged names, drawn in this order
     look_for: str  # how to read the plot: what a healthy and an unhealthy run look like (the tooltip)
+    # the title when none of `needs` was logged (e.g. no gold reward: the panel holds the proxy alone)
+    needs: tuple[str, ...] = ()
+    title_without: str = ""
+
+    def for_run(self, records: Sequence[dict]) -> Panel:
+        if self.needs and not available_keys(records, self.needs):
+            return dataclasses.replace(self, title=self.title_without)
+        return self
 
 
 PANELS: tuple[Panel, ...] = (
@@ -49,6 +58,8 @@ PANELS: tuple[Panel, ...] = (
         "Proxy vs gold (held-out)",
         ("proxy/score", "gold/score", "reward/mean"),
         "Over-optimization: the proxy keeps rising while the gold score falls.",
+        needs=("gold/score",),
+        title_without="Training reward (no gold reward configured: add gold.rewards to watch over-optimization)",
     ),
     Panel(
         "Entropy per token (nats)",
@@ -108,7 +119,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     records = read_metrics(metrics_path)
     events = read_events(run_dir)
     figures = []
-    for panel in PANELS:
+    for panel in (panel.for_run(records) for panel in PANELS):
         png = draw_panel(records, panel, events)
         if png is not None:
             figures.append((panel, png, describe_panel(records, panel)))

@@ -60,6 +60,7 @@ def training_run_dir(run_dir: str | Path, parallel=None) -> Iterator[None]:
 
     is_main = parallel is None or parallel.is_main
     lock, error = None, None
+    created = is_main and not os.path.lexists(run_dir)  # removed again if nothing was written into it
     if is_main and held_by_this_process(run_dir):
         pass  # taken before the model was built (`lock_before_building`)
     elif is_main:
@@ -79,6 +80,9 @@ def training_run_dir(run_dir: str | Path, parallel=None) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.release()
+            if created:  # e.g. the model failed to load: no empty run directory left behind
+                with contextlib.suppress(OSError):
+                    Path(run_dir).rmdir()  # only when empty
 
 
 def lock_before_building(run_dir: str | Path) -> contextlib.AbstractContextManager:

@@ -156,3 +156,15 @@ def test_a_guarded_run_writes_its_report_at_the_end(tmp_path, make_guarded_train
 def test_scripted_gold_is_used_once_per_evaluation():
     gold = ScriptedGold(itertools.count())
     assert gold(["a", "b"]) == [0, 0] and gold(["c"]) == [1]
+
+
+def test_gold_rewards_are_bounded_by_the_configs_reward_timeout_like_the_proxy_rewards():
+    from grpokit.guards.callbacks import build_gold_runner
+    from grpokit.trainers.lm_config import load_lm_config
+
+    minimal = {"model": {"name_or_path": "m"}, "data": {"path": "d"}, "rewards": [{"function": "exact_match"}]}
+    gold = {"rewards": [{"function": "exact_match"}, {"function": "exact_match", "name": "own", "timeout_seconds": 3}]}
+    runner = build_gold_runner(load_lm_config({**minimal, "gold": gold, "rewards_timeout_seconds": 7}))
+    assert [r.timeout_seconds for r in runner.rewards] == [7, 3]
+    runner = build_gold_runner(load_lm_config({**minimal, "gold": gold, "rewards_timeout_seconds": None}))
+    assert [r.timeout_seconds for r in runner.rewards] == [None, 3]

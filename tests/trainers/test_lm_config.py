@@ -75,6 +75,8 @@ def test_a_missing_or_broken_file_is_named(tmp_path):
     ("training", {"learning_rate": 0}, "training.learning_rate: must be > 0"),
     ("rollout", {"temperature": -0.1}, "rollout.temperature: must be >= 0"),
     ("rollout", {"top_p": 1.5}, r"rollout.top_p: must be in \(0, 1\]"),
+    # seeds of round r of step s: 17·s + r, so a 17th extra round would sample with the next step's seeds
+    ("rollout", {"max_dynamic_sampling_rounds": 17}, r"rollout.max_dynamic_sampling_rounds: must be in \[0, 16\]"),
     ("training", {"micro_batch_size": 0}, "training.micro_batch_size: must be >= 1"),
     ("training", {"adam_beta2": 1.0}, r"training.adam_beta2: must be in \[0, 1\)"),
     ("training", {"num_threads": 0}, "training.num_threads: must be >= 1"),

@@ -110,6 +110,27 @@ def test_second_trainer_stops_at_once_and_a_kill_9_before_the_first_checkpoint_n
     assert not (run_dir / LOCK_FILENAME).exists()  # released at the end
 
 
+def test_sigterm_stops_the_trainer_with_one_line_and_releases_the_run_dir(tmp_path, make_policy):
+    """A scheduler's stop (SIGTERM) runs every cleanup, like Ctrl-C: the lock file is removed, exit 143."""
+    config = _write_cli_run(tmp_path, make_policy)
+    run_dir = tmp_path / "run"
+    trainer = subprocess.Popen(_grpokit("train", str(config)), cwd=tmp_path, env=_ENV, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_logged_steps(run_dir, 1, trainer)
+        assert (run_dir / LOCK_FILENAME).exists()
+        trainer.send_signal(signal.SIGTERM)
+        stderr = trainer.communicate(timeout=WAIT_SECONDS)[1]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert trainer.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("grpokit: terminated (SIGTERM); the same command resumes from the "
+                                               "last checkpoint")
+    assert "Traceback" not in stderr
+    assert not (run_dir / LOCK_FILENAME).exists()
+
+
 def _length_reward(completions, **_):
     return [float(len(completion)) for completion in completions]
 

@@ -252,15 +252,12 @@ def build_gold_runner(config):
     """The `gold.rewards` of an `LMTrainConfig` as one RewardRunner; None when there are none."""
     if not config.gold.rewards:
         return None
-    from grpokit.rewards import RewardRunner, load_reward
+    from grpokit.rewards import RewardRunner
+    from grpokit.rewards.loader import load_configured_reward
 
-    return RewardRunner(
-        [
-            load_reward(r.function, name=r.name, weight=r.weight, timeout_seconds=r.timeout_seconds, **r.kwargs)
-            for r in config.gold.rewards
-        ],
-        on_error=config.on_reward_error,
-    )
+    # bounded like the proxy rewards: a gold reward that hangs must not hang the run's evaluations
+    return RewardRunner([load_configured_reward(r, config.rewards_timeout_seconds) for r in config.gold.rewards],
+                        on_error=config.on_reward_error)
 
 
 def build_guards(config, gold_runner=None) -> list:

@@ -104,6 +104,19 @@ def load_reward(
     )
 
 
+def load_configured_reward(entry: Any, default_timeout_seconds: float | None) -> Reward:
+    """One `rewards:` (or `gold.rewards:`) config entry, bounded by its own timeout_seconds or else the
+    config's default (`rewards_timeout_seconds`) — except a reward that must run in the main thread (its
+    own per-sample guards need it; a timeout would move it to another thread)."""
+    import dataclasses
+
+    reward = load_reward(entry.function, name=entry.name, weight=entry.weight, timeout_seconds=entry.timeout_seconds,
+                         **entry.kwargs)
+    if reward.timeout_seconds is None and not reward.main_thread and default_timeout_seconds is not None:
+        reward = dataclasses.replace(reward, timeout_seconds=default_timeout_seconds)
+    return reward
+
+
 def load_rewards(specs: Sequence[RewardSpec | str | Callable[..., Any]]) -> list[Reward]:
     """Load several rewards; names must be unique (they key the metrics)."""
     rewards = [load_reward(spec) for spec in specs]
