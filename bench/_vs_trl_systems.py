@@ -1,14 +1,17 @@
-"""One system (grpokit or TRL) on the shared setup of `bench/vs_trl.py`, run in its own process.
+"""One system (grpokit or TRL) on one setting of `bench/_vs_trl_setups.py`, run in its own process.
 
-`python bench/_vs_trl_systems.py {grpokit|trl} MU BETA STEPS OUT.json` trains for STEPS GRPO
-steps (one step = one rollout of 16 prompts × 8 completions + μ passes of updates) and writes
-per-step timings, token counts and the process's peak RSS to OUT.json.
-`python bench/_vs_trl_systems.py check - BETA - OUT.json` runs the step-0 equivalence check.
+`python bench/_vs_trl_systems.py SETUP {grpokit|trl} MU BETA STEPS THREADS OUT.json` trains for
+STEPS GRPO steps (one step = one rollout of prompts_per_step × G completions + μ passes of
+updates) after one small untimed warm-up step, and writes per-step timings, token counts, the
+process's peak RSS (and its RSS once the libraries are imported) to OUT.json; for grpokit also
+the seconds of each phase of each step. `python bench/_vs_trl_systems.py SETUP check - BETA - 1
+OUT.json` runs the step-0 equivalence check (full fine-tuning settings).
 
-Both systems get the same model (same seed, same weights), tokenizer, prompts, reward,
-sampling and optimizer settings; everything is built locally (no hub access). Timing and the
-check hook into GRPOTrainer's `_generate`, `_generate_and_score_completions` and `compute_loss`
-(written against TRL 1.16).
+Both systems get the same model (same seed, same weights), tokenizer, prompts, reward, sampling
+and optimizer settings, and with LoRA the same adapter on the same modules; everything is built
+locally (no hub access). TRL runs with `gradient_checkpointing=False`, like grpokit (TRL 1.16
+turns it on by default). Timing and the check hook into GRPOTrainer's `_generate`,
+`_generate_and_score_completions` and `compute_loss` (written against TRL 1.16).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
+if __name__ == "__main__":  # the thread count must be set before torch is imported
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = sys.argv[6]
 for _name, _value in {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -35,73 +41,15 @@ for _name, _value in {
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-VOCAB_SIZE = 32_768
-MODEL = {
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 256,
-    "max_position_embeddings": 128,
-}
-PROMPTS_PER_STEP = 16
-NUM_GENERATIONS = 8
-MAX_NEW_TOKENS = 64
-MICRO_BATCH_SIZE = 32  # sequences per forward/backward; 128 / 32 = 4 accumulation steps per update
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _vs_trl_setups import SEED, SETUPS, Setup  # noqa: E402
+
 LEARNING_RATE = 1e-6
 ADAM_BETAS = (0.9, 0.999)  # TRL's (transformers') defaults, given to grpokit too
 MAX_GRAD_NORM = 1.0
-SEED = 0
 WARMUP_PROMPTS, WARMUP_NEW_TOKENS = 2, 8  # the untimed warm-up step of each process
 CHECK_PROMPTS = 4  # prompts (× 8 completions × 64 tokens) in the step-0 equivalence check
-
-
-def build_tokenizer():
-    """A `PreTrainedTokenizerFast` with 32,768 entries: specials, the arithmetic characters, filler words.
-
-    Prompts ("37+58=") are split into single characters; a random model's completions are words
-    drawn from the whole vocabulary, so the logits path (lm_head + softmax over 32k) dominates.
-    """
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from grpokit.tasks.arithmetic import ALPHABET
-
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0, 1, 2, 3 as build_tiny_causal_lm expects
-    fillers = [f"w{i}" for i in range(VOCAB_SIZE - len(specials) - len(ALPHABET))]
-    vocab = {token: i for i, token in enumerate(specials + list(ALPHABET) + fillers)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
-
-
-def build_model():
-    """Tiny Qwen2 (2.2M parameters, 94% of them the tied 32k × 64 embedding), seeded."""
-    from grpokit.models import build_tiny_causal_lm
-
-    return build_tiny_causal_lm(VOCAB_SIZE, seed=SEED, **MODEL)
-
-
-def prompt_records(count: int) -> list[dict]:
-    from grpokit.tasks.arithmetic import arithmetic_split
-
-    return [{"prompt": r["prompt"]} for r in arithmetic_split("+", 99, heldout=10, seed=SEED).train[:count]]
-
-
-def words_ending_in_even_digit(completions, **kwargs) -> list[float]:
-    """Cheap reward with spread inside each group: the fraction of words whose last character is even."""
-    scores = []
-    for text in completions:
-        words = text.split()
-        scores.append(sum(w[-1] in "02468" for w in words) / max(len(words), 1))
-    return scores
 
 
 def _peak_rss_mib() -> float:
@@ -123,9 +71,12 @@ def _timed(function, log: list, count_tokens):
 class StepClock:
     """Wall-clock and process CPU time at the start and at the end of every GRPO step."""
 
-    def __init__(self, system: str, steps: int):
-        self.system, self.steps = system, steps
+    def __init__(self, system: str, steps: int, on_step=None):
+        self.system, self.steps, self.on_step = system, steps, on_step
         self.marks = [(time.perf_counter(), time.process_time())]
+
+    def start(self) -> None:
+        self.marks[0] = (time.perf_counter(), time.process_time())
 
     def step_done(self) -> None:
         self.marks.append((time.perf_counter(), time.process_time()))
@@ -134,33 +85,106 @@ class StepClock:
             f"    {self.system} step {len(self.marks) - 1}/{self.steps}: {wall:.1f} s ({cpu:.1f} s CPU)",
             flush=True,
         )
+        if self.on_step is not None:
+            self.on_step()
 
-    def result(self, rollouts: list) -> dict:
+    def result(self, rollouts: list, import_rss_mib: float, **extra) -> dict:
         return {
             "step_seconds": [b[0] - a[0] for a, b in zip(self.marks, self.marks[1:])],
             "step_cpu_seconds": [b[1] - a[1] for a, b in zip(self.marks, self.marks[1:])],
             "rollouts": rollouts,
             "peak_rss_mib": _peak_rss_mib(),
+            "import_rss_mib": import_rss_mib,
+            "threads": torch.get_num_threads(),
+            **extra,
         }
 
 
-def _prepare_torch() -> None:
-    # One thread: a shared 2-core machine, and tiny matmuls (see /tmp/common2.md in the project notes).
-    torch.set_num_threads(1)
+class PhaseClock:
+    """Seconds per phase of each grpokit step, from wrappers around the trainer's own methods.
+
+    rollout = prefill (the engine's first forward) + decode forwards + sampling and the loop (the
+    rest of `engine.generate`); old/ref log-prob passes; training forward, backward, optimizer
+    step; `other` (rewards, advantages, bookkeeping) is the step's remainder, filled in by the caller.
+    Also which phase raised the process's peak RSS, by how many MiB (`peak_rss_growth_mib`).
+    """
+
+    def __init__(self):
+        self.current: dict[str, float] = defaultdict(float)
+        self.steps: list[dict[str, float]] = []
+        self.peak_rss_growth_mib: dict[str, float] = defaultdict(float)
+        self._in_rollout = False
+        self._forwards = 0
+        self._forward_started = 0.0
+
+    def wrap(self, owner, attribute: str, phase, when=lambda *a, **k: True) -> None:
+        function = getattr(owner, attribute)
+
+        def wrapper(*args, **kwargs):
+            if not when(*args, **kwargs):
+                return function(*args, **kwargs)
+            started, peak = time.perf_counter(), _peak_rss_mib()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                name = phase(*args, **kwargs) if callable(phase) else phase
+                self.current[name] += time.perf_counter() - started
+                self.peak_rss_growth_mib[name] += _peak_rss_mib() - peak
+
+        setattr(owner, attribute, wrapper)
+
+    def watch_rollout_forwards(self, trainer) -> None:
+        generate = trainer.engine.generate
+
+        def rollout(*args, **kwargs):
+            self._in_rollout, self._forwards = True, 0
+            started, peak = time.perf_counter(), _peak_rss_mib()
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                self._in_rollout = False
+                self.current["rollout"] += time.perf_counter() - started
+                self.peak_rss_growth_mib["rollout"] += _peak_rss_mib() - peak
+
+        def before(module, args, kwargs):
+            if self._in_rollout:
+                self._forward_started = time.perf_counter()
+
+        def after(module, args, kwargs, output):
+            if self._in_rollout:
+                phase = "rollout_prefill" if self._forwards == 0 else "rollout_decode_forward"
+                self.current[phase] += time.perf_counter() - self._forward_started
+                self._forwards += 1
+
+        trainer.engine.generate = rollout
+        trainer.engine.model.register_forward_pre_hook(before, with_kwargs=True)
+        trainer.engine.model.register_forward_hook(after, with_kwargs=True)
+
+    def step_done(self) -> None:
+        self.steps.append(dict(self.current))
+        self.current.clear()
+
+
+def _prepare_torch(threads: int) -> None:
+    # Both systems get the same thread count (a shared 2-core machine).
+    torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     torch.manual_seed(SEED)
 
 
 # ---------------------------------------------------------------------------------------------- grpokit
 def _grpokit_trainer(
+    setup: Setup,
+    model,
+    tokenizer,
     mu: int,
     beta: float,
     steps: int,
     run_dir: Path,
     *,
-    prompts_per_step: int = PROMPTS_PER_STEP,
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    micro_batch_size: int = MICRO_BATCH_SIZE,
+    prompts_per_step: int | None = None,
+    max_new_tokens: int | None = None,
+    micro_batch_size: int | None = None,
     max_grad_norm: float = MAX_GRAD_NORM,
 ):
     from grpokit.data import PromptDataset
@@ -169,18 +193,17 @@ def _grpokit_trainer(
     from grpokit.trainers.lm_build import build_trainer
     from grpokit.trainers.lm_config import load_lm_config
 
-    tokenizer = build_tokenizer()
-    model = build_model()
+    prompts_per_step = prompts_per_step or setup.prompts_per_step
     config = load_lm_config(
         {
             "model": {"name_or_path": "<built in memory>"},
             "data": {"path": "<arithmetic prompts>"},
-            "rewards": [{"function": "words_ending_in_even_digit"}],
+            "rewards": [{"function": setup.reward.__name__}],
             "algorithm": {"preset": "grpo", "overrides": {"beta": beta}},
             "rollout": {
                 "prompts_per_step": prompts_per_step,
-                "num_generations": NUM_GENERATIONS,
-                "max_new_tokens": max_new_tokens,
+                "num_generations": setup.num_generations,
+                "max_new_tokens": max_new_tokens or setup.max_new_tokens,
                 "temperature": 1.0,
                 "top_p": 1.0,
                 "top_k": 0,
@@ -189,7 +212,7 @@ def _grpokit_trainer(
                 "max_steps": steps,
                 "num_iterations": mu,
                 "mini_batches": 1,
-                "micro_batch_size": micro_batch_size,
+                "micro_batch_size": micro_batch_size or setup.micro_batch_size,
                 "learning_rate": LEARNING_RATE,
                 "adam_beta1": ADAM_BETAS[0],
                 "adam_beta2": ADAM_BETAS[1],
@@ -201,55 +224,87 @@ def _grpokit_trainer(
             "checkpoint": {"resume": False},
         }
     )
-    data = PromptDataset.from_records(prompt_records(prompts_per_step * steps), source="arithmetic")
-    rewards = RewardRunner([load_reward(words_ending_in_even_digit)])
-    return build_trainer(
-        config, policy=Policy(model, tokenizer, is_lora=False), train_data=data, reward_runner=rewards
-    )
+    if setup.lora is not None:
+        from peft import get_peft_model
+
+        torch.manual_seed(SEED)
+        model = get_peft_model(model, setup.lora.peft_config())
+    records = [{"prompt": p} for p in setup.prompts(prompts_per_step * steps)]
+    data = PromptDataset.from_records(records, source="bench prompts")
+    rewards = RewardRunner([load_reward(setup.reward)])
+    policy = Policy(model, tokenizer, is_lora=setup.lora is not None)
+    return build_trainer(config, policy=policy, train_data=data, reward_runner=rewards)
 
 
-def run_grpokit(mu: int, beta: float, steps: int, run_dir: Path) -> dict:
+def _base_model_after(setup: Setup, model):
+    """The untrained base model for the next trainer: LoRA's adapter removed, or a fresh full model."""
+    return model.unload() if setup.lora is not None else setup.build_model()
+
+
+def run_grpokit(setup: Setup, mu: int, beta: float, steps: int, run_dir: Path, import_rss: float) -> dict:
+    tokenizer = setup.build_tokenizer()
     # Warm-up (not timed): one small step through the same code paths.
-    _grpokit_trainer(
+    warmup = _grpokit_trainer(
+        setup,
+        setup.build_model(),
+        tokenizer,
         mu,
         beta,
         1,
         run_dir / "warmup",
         prompts_per_step=WARMUP_PROMPTS,
         max_new_tokens=WARMUP_NEW_TOKENS,
-        micro_batch_size=WARMUP_PROMPTS * NUM_GENERATIONS,
-    ).train()
-    trainer = _grpokit_trainer(mu, beta, steps, run_dir / "measured")
+        micro_batch_size=WARMUP_PROMPTS * setup.num_generations,
+    )
+    warmup.train()
+    base = _base_model_after(setup, warmup.model)
+    del warmup
+    trainer = _grpokit_trainer(setup, base, tokenizer, mu, beta, steps, run_dir / "measured")
+    phases = PhaseClock()
+    phases.watch_rollout_forwards(trainer)
     rollouts: list = []
     trainer.engine.generate = _timed(
         trainer.engine.generate, rollouts, lambda batch: int(batch.completion_mask.sum())
     )
-    clock = StepClock("grpokit", steps)
+    phases.wrap(trainer, "_logprobs_no_grad", lambda *a, reference: "ref_logprobs" if reference else "old_logprobs")
+    phases.wrap(trainer, "_forward_logprobs", "train_forward", when=lambda *a, **k: k.get("with_entropy"))
+    phases.wrap(trainer, "_backward", "backward")
+    phases.wrap(trainer.optimizer, "step", "optimizer")
+    clock = StepClock("grpokit", steps, on_step=phases.step_done)
 
     class OnStepEnd:
         def on_step_end(self, trainer, step, metrics):
             clock.step_done()
 
     trainer.callbacks.append(OnStepEnd())
-    clock.marks[0] = (time.perf_counter(), time.process_time())
+    before_measured = _peak_rss_mib()  # the warm-up's and set-up's peak
+    clock.start()
     trainer.train()
-    return clock.result(rollouts)
+    return clock.result(
+        rollouts,
+        import_rss,
+        phases=phases.steps,
+        peak_rss_before_measured_mib=before_measured,
+        peak_rss_growth_mib=dict(phases.peak_rss_growth_mib),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- TRL
 def _trl_config(
+    setup: Setup,
     mu: int,
     beta: float,
     output_dir: Path,
     *,
     max_steps: int,
-    prompts_per_step: int = PROMPTS_PER_STEP,
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    per_device_batch: int = MICRO_BATCH_SIZE,
+    prompts_per_step: int | None = None,
+    max_new_tokens: int | None = None,
+    per_device_batch: int | None = None,
 ):
     from trl import GRPOConfig
 
-    generation_batch = prompts_per_step * NUM_GENERATIONS
+    per_device_batch = per_device_batch or setup.micro_batch_size
+    generation_batch = (prompts_per_step or setup.prompts_per_step) * setup.num_generations
     return GRPOConfig(
         output_dir=str(output_dir),
         use_cpu=True,
@@ -262,8 +317,9 @@ def _trl_config(
         data_seed=SEED,
         per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=generation_batch // per_device_batch,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=max_new_tokens,
+        gradient_checkpointing=False,  # TRL 1.16's default is True; grpokit does not checkpoint either
+        num_generations=setup.num_generations,
+        max_completion_length=max_new_tokens or setup.max_new_tokens,
         num_iterations=mu,
         beta=beta,
         loss_type="grpo",
@@ -286,29 +342,34 @@ def _trl_config(
     )
 
 
-def _saved_model_dir(root: Path) -> Path:
-    """TRL builds its reference model from the policy's path, so the policy is saved locally first."""
+def _saved_model_dir(setup: Setup, root: Path) -> Path:
+    """TRL builds its full-fine-tuning reference model from the policy's path, so the policy is saved first."""
     path = root / "model"
-    build_model().save_pretrained(path)
-    build_tokenizer().save_pretrained(path)
+    if not path.exists():
+        setup.build_model().save_pretrained(path)
+        setup.build_tokenizer().save_pretrained(path)
     return path
 
 
-def _trl_trainer(config, model_dir: Path, prompts: list[dict], callbacks=()):
+def _trl_trainer(setup: Setup, config, model, tokenizer, prompts: list[str], callbacks=()):
+    """With LoRA, `model` is the base model object and TRL adds the adapter (its reference: adapter disabled)."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    if setup.lora is not None:
+        torch.manual_seed(SEED)
     return GRPOTrainer(
-        model=str(model_dir),
-        reward_funcs=[words_ending_in_even_digit],
+        model=model,
+        reward_funcs=[setup.reward],
         args=config,
-        train_dataset=Dataset.from_list(prompts),
-        processing_class=build_tokenizer(),
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=tokenizer,
         callbacks=list(callbacks),
+        peft_config=setup.lora.peft_config() if setup.lora is not None else None,
     )
 
 
-def run_trl(mu: int, beta: float, steps: int, run_dir: Path) -> dict:
+def run_trl(setup: Setup, mu: int, beta: float, steps: int, run_dir: Path, import_rss: float) -> dict:
     from transformers import TrainerCallback
 
     clock = StepClock("trl", steps)
@@ -319,36 +380,44 @@ def run_trl(mu: int, beta: float, steps: int, run_dir: Path) -> dict:
 
         def on_step_begin(self, args, state, control, **kwargs):
             if self.optimizer_steps == 0:  # start the clock after TRL's set-up (optimizer, accelerate, data)
-                clock.marks[0] = (time.perf_counter(), time.process_time())
+                clock.start()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.optimizer_steps += 1
             if self.optimizer_steps % mu == 0:  # TRL counts optimizer steps: μ of them per GRPO step
                 clock.step_done()
 
-    model_dir = _saved_model_dir(run_dir)
+    tokenizer = setup.build_tokenizer()
+    # LoRA: the base model object, reused after the warm-up; full fine-tuning: a saved directory.
+    model = setup.build_model() if setup.lora is not None else str(_saved_model_dir(setup, run_dir))
     # Warm-up (not timed): one small step through the same code paths.
-    warmup = _trl_config(
+    warmup_config = _trl_config(
+        setup,
         mu,
         beta,
         run_dir / "warmup",
         max_steps=mu,
         prompts_per_step=WARMUP_PROMPTS,
         max_new_tokens=WARMUP_NEW_TOKENS,
-        per_device_batch=WARMUP_PROMPTS * NUM_GENERATIONS,
+        per_device_batch=WARMUP_PROMPTS * setup.num_generations,
     )
-    _trl_trainer(warmup, model_dir, prompt_records(WARMUP_PROMPTS)).train()
-    config = _trl_config(mu, beta, run_dir / "measured", max_steps=steps * mu)
-    trainer = _trl_trainer(config, model_dir, prompt_records(PROMPTS_PER_STEP * steps), [OnStepEnd()])
+    warmup = _trl_trainer(setup, warmup_config, model, tokenizer, setup.prompts(WARMUP_PROMPTS))
+    warmup.train()
+    if setup.lora is not None:
+        model = _base_model_after(setup, warmup.model)
+    del warmup
+    config = _trl_config(setup, mu, beta, run_dir / "measured", max_steps=steps * mu)
+    prompts = setup.prompts(setup.prompts_per_step * steps)
+    trainer = _trl_trainer(setup, config, model, tokenizer, prompts, [OnStepEnd()])
     rollouts: list = []
     trainer._generate = _timed(trainer._generate, rollouts, lambda out: sum(len(ids) for ids in out[1]))
-    clock.marks[0] = (time.perf_counter(), time.process_time())
+    clock.start()
     trainer.train()
-    return clock.result(rollouts)
+    return clock.result(rollouts, import_rss)
 
 
 # ---------------------------------------------------------------------------------------------- step-0 check
-def step0_check(beta: float, root: Path) -> dict:
+def step0_check(setup: Setup, beta: float, root: Path) -> dict:
     """Same rollout batch into both trainers at step 0: advantages, ref log-probs, loss and gradients.
 
     At step 0 the ratio is 1 and the group z-scored advantages sum to 0 in every group, so the
@@ -357,20 +426,22 @@ def step0_check(beta: float, root: Path) -> dict:
     from grpokit.rollout import SamplingParams
     from grpokit.trainers.scored import ScoredRollout
 
-    rows = CHECK_PROMPTS * NUM_GENERATIONS
+    rows = CHECK_PROMPTS * setup.num_generations
+    tokenizer = setup.build_tokenizer()
     grpokit = _grpokit_trainer(
-        1, beta, 1, root / "grpokit", prompts_per_step=CHECK_PROMPTS, micro_batch_size=rows, max_grad_norm=1e9
+        setup, setup.build_model(), tokenizer, 1, beta, 1, root / "grpokit",
+        prompts_per_step=CHECK_PROMPTS, micro_batch_size=rows, max_grad_norm=1e9,
     )
     rollout = grpokit.engine.generate(
-        [r["prompt"] for r in prompt_records(CHECK_PROMPTS)],
-        NUM_GENERATIONS,
-        SamplingParams(max_new_tokens=MAX_NEW_TOKENS, seed=SEED),
+        setup.prompts(CHECK_PROMPTS),
+        setup.num_generations,
+        SamplingParams(max_new_tokens=setup.max_new_tokens, seed=SEED),
     )
-    rewards = torch.tensor(words_ending_in_even_digit(rollout.completions)).unsqueeze(1)
+    rewards = torch.tensor(setup.reward(rollout.completions)).unsqueeze(1)
     scored = ScoredRollout(
         rollout=rollout,
         rewards=rewards,
-        reward_names=["words_ending_in_even_digit"],
+        reward_names=[setup.reward.__name__],
         total_reward=rewards[:, 0],
         prompt_indices=list(range(CHECK_PROMPTS)),
     )
@@ -379,11 +450,11 @@ def step0_check(beta: float, root: Path) -> dict:
     our_grads = {n: p.grad.clone() for n, p in grpokit.model.named_parameters()}
 
     trl = _trl_trainer(
-        _trl_config(
-            1, beta, root / "trl", max_steps=1, prompts_per_step=CHECK_PROMPTS, per_device_batch=rows
-        ),
-        _saved_model_dir(root),
-        [{"prompt": p} for p in rollout.prompts],
+        setup,
+        _trl_config(setup, 1, beta, root / "trl", max_steps=1, prompts_per_step=CHECK_PROMPTS, per_device_batch=rows),
+        str(_saved_model_dir(setup, root)),
+        tokenizer,
+        list(rollout.prompts),
     )
     lengths = rollout.completion_mask.sum(1).tolist()
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.prompt_ids, rollout.prompt_mask)]
@@ -425,15 +496,25 @@ def step0_check(beta: float, root: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    role, mu, beta, steps, out = argv
-    _prepare_torch()
-    sys.path.insert(0, str(REPO / "src"))
+    setup_name, role, mu, beta, steps, threads, out = argv
+    setup = SETUPS[setup_name]
+    _prepare_torch(int(threads))
+    # Import both libraries' training stacks before the baseline RSS is read: what a step adds is
+    # then what the system allocates for the model and the step, not what importing it costs.
+    if role == "trl":
+        import trl  # noqa: F401
+        from trl import GRPOTrainer  # noqa: F401
+    else:
+        import grpokit.trainers.lm_build  # noqa: F401
+    if setup.lora is not None:
+        import peft  # noqa: F401
+    import_rss = _peak_rss_mib()
     with tempfile.TemporaryDirectory(prefix=f"vs_trl_{role}_") as tmp:
         if role == "check":
-            result = step0_check(float(beta), Path(tmp))
+            result = step0_check(setup, float(beta), Path(tmp))
         else:
             run = {"grpokit": run_grpokit, "trl": run_trl}[role]
-            result = run(int(mu), float(beta), int(steps), Path(tmp))
+            result = run(setup, int(mu), float(beta), int(steps), Path(tmp), import_rss)
     Path(out).write_text(json.dumps(result))
 
 
