@@ -161,9 +161,10 @@ def main() -> None:
     # trainer's (all the rest) of a 1-thread synchronous step run side by side, against the best sync run.
     sample_1t = probes[1]["rollout_seconds"]
     overlap_bound = probe[sync_threads] / max(sample_1t, probe[1] - sample_1t)
-    print(f"overlap bound: at 1 thread sampling + scoring take {sample_1t:.2f} s and the rest of the step "
-          f"{probe[1] - sample_1t:.2f} s of {probe[1]:.2f} s; one core each can at best take max() of the two: "
-          f"speedup over the best sync run <= {overlap_bound:.2f}", flush=True)
+    print(f"overlap estimate: at 1 thread sampling + scoring take {sample_1t:.2f} s and the rest of the step "
+          f"{probe[1] - sample_1t:.2f} s of {probe[1]:.2f} s; with one core each a step takes at least the longer "
+          f"of the two: speedup over the best sync run ≈ {overlap_bound:.2f} at most (a {PROBE_STEPS}-step "
+          f"probe: ±10%)", flush=True)
     # the asynchronous runs at their best split too: the producer has 1 thread, the trainer 1 or 2
     async_probe = {threads: run(0, 1, threads, PROBE_STEPS)["seconds"] for threads in (1, 2)}
     async_threads = min(async_probe, key=async_probe.get)
