@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import statistics
 import tempfile
@@ -39,6 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _vs_trl_driver import matmul_flops_per_second  # noqa: E402  (bench/vs_trl.py's peak)
 
 MEASURED_STEPS = 2
 TOY_CONFIGS = [(1, 0.0), (1, 0.04), (2, 0.0), (2, 0.04)]  # (μ, β)
@@ -252,18 +252,6 @@ def toy_setting(model: dict, mu: int, beta: float, root: Path) -> tuple[dict, fl
     trainer.engine.generate = counted
     phases = run_measured(trainer)
     return phases, statistics.median(tokens[1:])
-
-
-def matmul_flops_per_second(size: int = 1024, repeats: int = 5) -> float:
-    """Best-of-`repeats` single-thread float32 (size × size) @ (size × size) (bench/vs_trl.py's peak)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
 
 
 def nominal_step_flops(model: dict, mu: int, beta: float, completion_tokens: float, prompt_tokens: float) -> float:
