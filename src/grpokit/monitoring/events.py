@@ -7,12 +7,11 @@ on the time axis. Lines are appended and flushed as they happen, like `metrics.j
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-from grpokit.monitoring.jsonl import ends_with_newline, read_jsonl, rewrite_jsonl, set_aside
+from grpokit.monitoring.jsonl import ends_with_newline, finite_json, read_jsonl, rewrite_jsonl, set_aside
 
 ALARMS_FILENAME = "alarms.jsonl"
 
@@ -21,7 +20,7 @@ def record_event(run_dir: str | Path, event: dict[str, Any]) -> Path:
     """Append `event` (plus a unix `time` if absent) to `run_dir/alarms.jsonl`; non-finite floats become null."""
     path = Path(run_dir) / ALARMS_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": time.time(), **_finite(event)}, allow_nan=False)
+    line = json.dumps({"time": time.time(), **finite_json(event)}, allow_nan=False)
     try:
         with open(path, "a", encoding="utf-8") as handle:  # one whole line, flushed at close
             handle.write(line + "\n")
@@ -60,11 +59,3 @@ def truncate_events_after(run_dir: str | Path, step: int) -> int:
 def set_events_aside(run_dir: str | Path, stamp: str) -> Path | None:
     """A run starting without a checkpoint moves an earlier run's alarms aside (``alarms.<stamp>.jsonl.old``)."""
     return set_aside(Path(run_dir) / ALARMS_FILENAME, stamp)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value

@@ -9,6 +9,7 @@ else is a :class:`LogFileError` naming ``file:line``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -72,6 +73,16 @@ def ends_with_newline(path: Path) -> bool:
             return True
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) == b"\n"
+
+
+def finite_json(value: Any) -> Any:
+    """JSON has no NaN/Infinity: such floats become null, in nested dicts too (a None reward is NaN in the
+    tensors; an alarm may carry an infinite value)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    return value
 
 
 def aside_stamp() -> str:

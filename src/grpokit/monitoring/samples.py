@@ -20,12 +20,11 @@ file back to the checkpoint's step (like metrics.jsonl), and readers skip a torn
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grpokit.monitoring.jsonl import JsonlAppender, read_jsonl, rewrite_jsonl, set_aside
+from grpokit.monitoring.jsonl import JsonlAppender, finite_json, read_jsonl, rewrite_jsonl, set_aside
 
 SAMPLES_FILENAME = "samples.jsonl"
 
@@ -43,7 +42,7 @@ class SamplesLog:
         if self._appender is None:
             self._appender = JsonlAppender(self.path)
         for record in records:
-            self._appender.append(_finite(record))
+            self._appender.append(finite_json(record))
 
     def truncate_after(self, step: int) -> int:
         """Drop the records of steps after `step` (a resumed run logs them again); returns how many."""
@@ -114,12 +113,3 @@ def eval_records(step: int, examples: Sequence[Any], count: int) -> list[dict[st
          **({} if getattr(e, "episode", None) is None else {"episode": e.episode})}
         for e in examples[:count]
     ]
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: they become null (a None reward is NaN in the tensors)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
