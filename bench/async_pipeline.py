@@ -101,20 +101,11 @@ def run(seed: int, max_staleness: int, threads: int, steps: int, producer: str =
     policy.model.load_state_dict(warmed_up_weights(seed))
     run_dir = OUT / f"seed{seed}-k{max_staleness}-t{threads}-{producer}-{steps}steps"
     shutil.rmtree(run_dir, ignore_errors=True)  # this run's, not an earlier bench's
-    config = load_lm_config({
-        "model": {"name_or_path": "<built in memory>"}, "data": {"path": "<arithmetic task>"},
-        "rewards": [{"function": "exact_match"}],
-        "algorithm": {"preset": "grpo", "overrides": dict(RECIPE.preset_overrides)},
-        "rollout": {"prompts_per_step": RECIPE.prompts_per_step, "num_generations": RECIPE.num_generations,
-                    "max_new_tokens": RECIPE.max_new_tokens},
-        "training": {"max_steps": steps, "learning_rate": RECIPE.learning_rate, "seed": seed,
-                     "micro_batch_size": RECIPE.prompts_per_step * RECIPE.num_generations,
-                     "async": {"max_staleness": max_staleness, "producer": producer, "producer_threads": 1}},
-        "eval": {"num_prompts": RECIPE.heldout, "samples_per_prompt": RECIPE.eval_samples_per_prompt},
-        "logging": {"run_dir": str(run_dir), "progress": False, "tensorboard": False, "plot": False,
-                    "samples_every": 0},
-        "checkpoint": {"resume": False, "every_steps": 0},
-    })
+    config = load_lm_config(RECIPE.lm_config(
+        steps=steps, seed=seed, run_dir=run_dir,
+        training={"async": {"max_staleness": max_staleness, "producer": producer, "producer_threads": 1}},
+        logging={"progress": False, "tensorboard": False, "plot": False, "samples_every": 0},
+        checkpoint={"every_steps": 0}))
     trainer = build_trainer(config, policy=policy, train_data=train_data, eval_data=heldout,
                             reward_runner=RewardRunner([load_reward("exact_match")]))
     before = trainer.evaluate(callbacks=False)

@@ -299,19 +299,9 @@ def demo_setting(root: Path) -> dict:
     split = arithmetic_split(recipe.operations, recipe.max_operand, heldout=recipe.heldout, seed=0)
     policy = build_arithmetic_policy(0, hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
                                      num_heads=recipe.num_heads, intermediate_size=recipe.intermediate_size)
-    rows = recipe.prompts_per_step * recipe.num_generations
-    config = load_lm_config({
-        "model": {"name_or_path": "<built in memory>"},
-        "data": {"path": "<arithmetic task>"},
-        "rewards": [{"function": "exact_match"}],
-        "algorithm": {"preset": "grpo", "overrides": dict(recipe.preset_overrides)},
-        "rollout": {"prompts_per_step": recipe.prompts_per_step, "num_generations": recipe.num_generations,
-                    "max_new_tokens": recipe.max_new_tokens},
-        "training": {"max_steps": steps, "learning_rate": recipe.learning_rate, "micro_batch_size": rows,
-                     "seed": 0},
-        "logging": {"run_dir": str(root), "progress": False, "tensorboard": False, "plot": False},
-        "checkpoint": {"resume": False},
-    })
+    # no eval data is passed: the recipe's eval section is never used
+    config = load_lm_config(recipe.lm_config(steps=steps, seed=0, run_dir=root,
+                                             logging={"progress": False, "tensorboard": False, "plot": False}))
     trainer = build_trainer(config, policy=policy,
                             train_data=PromptDataset.from_records(split.train, source="arithmetic:train"),
                             reward_runner=RewardRunner([load_reward("exact_match")]))

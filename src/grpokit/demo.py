@@ -51,6 +51,26 @@ class DemoRecipe:
     eval_every: int = 50
     preset_overrides: dict = field(default_factory=lambda: {"beta": 0.0, "aggregation": "token_mean"})
 
+    def lm_config(self, *, steps: int, seed: int, run_dir: str | Path, **sections: dict) -> dict:
+        """This recipe's GRPO run as a `load_lm_config` dict (model and data built in memory); each of
+        `sections` (training=, eval=, logging=, checkpoint=) is merged over the recipe's section."""
+        config = {
+            "model": {"name_or_path": "<built in memory>"},
+            "data": {"path": "<arithmetic task>"},
+            "rewards": [{"function": "exact_match"}],
+            "algorithm": {"preset": "grpo", "overrides": dict(self.preset_overrides)},
+            "rollout": {"prompts_per_step": self.prompts_per_step, "num_generations": self.num_generations,
+                        "max_new_tokens": self.max_new_tokens},
+            "training": {"max_steps": steps, "learning_rate": self.learning_rate,
+                         "micro_batch_size": self.prompts_per_step * self.num_generations, "seed": seed},
+            "eval": {"num_prompts": self.heldout, "samples_per_prompt": self.eval_samples_per_prompt},
+            "logging": {"run_dir": str(run_dir)},
+            "checkpoint": {"resume": False},
+        }
+        for name, values in sections.items():
+            config[name] = {**config[name], **values}
+        return config
+
 
 @dataclass
 class DemoResult:
@@ -107,20 +127,8 @@ def run_demo(run_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: int |
     console.print(f"[bold]grpokit demo[/]: Qwen2 with {parameters / 1e6:.2f}M parameters, "
                   f"{len(split.train)} training and {len(split.heldout)} held-out additions")
 
-    config = load_lm_config({
-        "model": {"name_or_path": "<built in memory>"},
-        "data": {"path": "<arithmetic task>"},
-        "rewards": [{"function": "exact_match"}],
-        "algorithm": {"preset": "grpo", "overrides": dict(recipe.preset_overrides)},
-        "rollout": {"prompts_per_step": recipe.prompts_per_step, "num_generations": recipe.num_generations,
-                    "max_new_tokens": recipe.max_new_tokens},
-        "training": {"max_steps": max(steps, 1), "learning_rate": recipe.learning_rate,
-                     "micro_batch_size": recipe.prompts_per_step * recipe.num_generations, "seed": seed},
-        "eval": {"num_prompts": recipe.heldout, "samples_per_prompt": recipe.eval_samples_per_prompt,
-                 "every_steps": recipe.eval_every},
-        "logging": {"run_dir": str(run_dir), "progress": progress},
-        "checkpoint": {"resume": False},
-    })
+    config = load_lm_config(recipe.lm_config(steps=max(steps, 1), seed=seed, run_dir=run_dir,
+                                             eval={"every_steps": recipe.eval_every}, logging={"progress": progress}))
     rewards = RewardRunner([load_reward("exact_match")])
     trainer = build_trainer(config, policy=policy, train_data=train_data, eval_data=heldout_data,
                             reward_runner=rewards)
